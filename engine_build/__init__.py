@@ -1,0 +1,1 @@
+"""Checkpoint to engine directory: ONNX/TensorRT vision encoder, AWQ TensorRT-LLM LLM."""

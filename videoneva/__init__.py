@@ -1,0 +1,3 @@
+"""videoneva: build, serve, benchmark, evaluate and finetune Video NeVA models."""
+
+__version__ = "0.1.0"
