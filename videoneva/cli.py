@@ -11,6 +11,7 @@ from videoneva.errors import VideoNevaError
 # an exit code. Modules are imported lazily so `videoneva --help` stays fast.
 COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("videoneva.infer:main", "run the seed's inference job (prompt_file -> output_file)"),
+    "train": ("videoneva.train.loop:main", "finetune or train from scratch (pretrain | finetune stages, LoRA)"),
     "convert": ("videoneva.checkpoint.convert:main", "convert a HF LLaVA dir or .nemo archive to the native format"),
     "judge": ("videoneva.eval.judge:main", "LLM-as-a-judge comparison of two models' answers (mixtral_eval)"),
     "demo-data": ("videoneva.demo.synth:main", "write a synthetic video QA data set"),

@@ -1,0 +1,103 @@
+"""Training data: LLaVA conversation json + media → (input_ids, labels, pixel_values), same preprocessing as inference."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from videoneva import prompts
+from videoneva.errors import ConfigError, VideoNevaError
+from videoneva.media import load_media
+from videoneva.media.settings import MediaSettings
+from videoneva.media.sources import MediaRoot
+
+log = logging.getLogger(__name__)
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Example:
+    input_ids: list[int]           # image token id at media positions (F·T copies)
+    labels: list[int]              # IGNORE_INDEX outside assistant turns
+    pixel_values: Optional[np.ndarray]  # [F, 3, H, W] float32 or None for text-only
+
+
+def load_conversations(path: str | Path) -> list[dict]:
+    """LLaVA conversation json: [{"id", "video"|"image", "conversations": [{"from", "value"}, …]}, …]."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"data.data_path not found: {p}")
+    try:
+        records = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{p}: not valid JSON ({exc})") from None
+    if not isinstance(records, list):
+        raise ConfigError(f"{p}: expected a JSON list of conversation records")
+    for i, r in enumerate(records):
+        if not isinstance(r, dict) or not isinstance(r.get("conversations"), list) or not r["conversations"]:
+            raise ConfigError(f"{p}: record {i} has no 'conversations' list")
+    return records
+
+
+class ConversationDataset(torch.utils.data.Dataset):
+    """Renders each record with the template, masks labels to assistant turns, loads its media.
+
+    Decoded + preprocessed media can be kept in memory (cache_media) so later epochs skip decode;
+    the cache holds uint8 frames, not float tensors, to stay small.
+    """
+
+    def __init__(self, records: list[dict], tokenizer, template: str, media: MediaSettings,
+                 media_root: MediaRoot, tokens_per_frame: int, cache_media: bool = True):
+        self.records, self.tok, self.template = records, tokenizer, template
+        self.media, self.root, self.tpf = media, media_root, tokens_per_frame
+        self.image_token_id = tokenizer.convert_tokens_to_ids(prompts.MEDIA_TOKENS["image"])
+        self.cache: Optional[dict[int, np.ndarray]] = {} if cache_media else None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _pixels(self, idx: int, media_type: str, rel: str) -> np.ndarray:
+        if self.cache is not None and idx in self.cache:
+            return self.cache[idx]
+        sample = load_media(self.root, rel, dataclasses.replace(self.media, media_type=media_type))
+        px = sample.pixel_values.astype(np.float16) if self.cache is not None else sample.pixel_values
+        if self.cache is not None:
+            self.cache[idx] = px
+        return px
+
+    def __getitem__(self, idx: int) -> Example:
+        rec = self.records[idx]
+        media_type = "video" if rec.get("video") else ("image" if rec.get("image") else None)
+        pixels = None
+        if media_type is not None:
+            pixels = self._pixels(idx, media_type, rec[media_type]).astype(np.float32)
+        text, spans = prompts.render_conversation(self.template, rec["conversations"], media_type)
+        n_media = 0 if pixels is None else pixels.shape[0] * self.tpf
+        tp = prompts.tokenize_with_media(self.tok, text, n_media, self.image_token_id, add_bos=False, spans=spans)
+        return Example(tp.input_ids, tp.labels, pixels)
+
+
+def collate(examples: list[Example], pad_id: int) -> dict:
+    """Right-pad ids/labels; concatenate all frames (each example's frames in order)."""
+    n = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), n), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), n), dtype=torch.long)
+    for i, e in enumerate(examples):
+        ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        labels[i, : len(e.labels)] = torch.tensor(e.labels)
+        mask[i, : len(e.input_ids)] = 1
+    frames = [torch.from_numpy(e.pixel_values) for e in examples if e.pixel_values is not None]
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask,
+            "pixel_values": torch.cat(frames) if frames else None}
+
+
+def check_example(ex: Example, where: str) -> None:
+    if all(lab == IGNORE_INDEX for lab in ex.labels):
+        raise VideoNevaError(f"{where}: no assistant tokens carry loss (empty answer or truncated?)")
