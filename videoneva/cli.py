@@ -12,6 +12,7 @@ from videoneva.errors import VideoNevaError
 COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("videoneva.infer:main", "run the seed's inference job (prompt_file -> output_file)"),
     "train": ("videoneva.train.loop:main", "finetune or train from scratch (pretrain | finetune stages, LoRA)"),
+    "build": ("engine_build.build:main", "checkpoint -> engine directory (ONNX/TensorRT vision, AWQ TensorRT-LLM)"),
     "convert": ("videoneva.checkpoint.convert:main", "convert a HF LLaVA dir or .nemo archive to the native format"),
     "judge": ("videoneva.eval.judge:main", "LLM-as-a-judge comparison of two models' answers (mixtral_eval)"),
     "demo-data": ("videoneva.demo.synth:main", "write a synthetic video QA data set"),

@@ -37,6 +37,7 @@ class LanguageModel(Protocol):
     vocab_size: int
     hidden_size: int
     max_context: int
+    image_token_id: int   # an in-vocabulary id standing in for media rows where ids must be real
 
     def generate(self, input_ids: list[int], prompt_table: Optional[torch.Tensor], sampling: SamplingSettings,
                  on_token: Optional[TokenCallback] = None) -> GenerationOutput:

@@ -16,7 +16,7 @@ import torch
 from videoneva import prompts
 from videoneva.errors import ConfigError, PromptError
 from videoneva.generation import SamplingSettings, trim_at_end_strings
-from videoneva.media import MediaSample, load_media, load_media_bytes
+from videoneva.media import MediaSample, load_media, load_media_bytes, media_content_hash, media_hash
 from videoneva.media.settings import MediaSettings
 from videoneva.media.sources import MediaRoot
 from videoneva.model.vision import tokens_per_frame
@@ -84,24 +84,33 @@ class Pipeline:
         return dataclasses.replace(self.settings.media, media_type=media_type)
 
     def features(self, req: Request) -> tuple[torch.Tensor, dict]:
-        """Visual features [F·T, D] for the request's media, through the feature cache."""
+        """Visual features [F·T, D] for the request's media, through the feature cache.
+
+        The cache key (content hash + sampling settings) is computed before decoding, so a hit
+        skips both decode and encode.
+        """
         ms = self.media_settings(req.media_type or "image")
         t0 = time.perf_counter()
+        if req.media_bytes is not None:
+            key = media_content_hash(req.media_bytes, ms)
+        else:
+            key = media_hash(self.media_root, req.media_path, ms)
+        hit = self.cache.get(key)
+        if hit is not None:
+            feats, meta = hit
+            return feats, {**meta, "cache": "hit", "decode_s": 0.0, "encode_s": 0.0, "hash_s": time.perf_counter() - t0}
         if req.media_bytes is not None:
             sample: MediaSample = load_media_bytes(req.media_bytes, ms, name=req.media_path or "<bytes>")
         else:
             sample = load_media(self.media_root, req.media_path, ms)
         t1 = time.perf_counter()
-        hit = self.cache.get(sample.content_hash)
-        if hit is not None:
-            feats, meta = hit
-            return feats, {**meta, "cache": "hit", "decode_s": t1 - t0, "encode_s": 0.0}
         feats = self.vision.encode(sample.pixel_values)  # (F, T, D)
         feats = feats.reshape(-1, feats.shape[-1])       # (F·T, D)
         m = sample.meta
-        meta = {"num_frames": int(sample.pixel_values.shape[0]), "frame_indices": list(getattr(m, "indices", []) or []),
-                "decoder": getattr(m, "decoder", None), "content_hash": sample.content_hash}
-        self.cache.put(sample.content_hash, feats, meta)
+        meta = {"num_frames": int(sample.pixel_values.shape[0]), "frame_indices": [int(i) for i in m.indices],
+                "num_total_frames": m.num_total_frames, "decoder": m.decoder, "codec": m.codec,
+                "content_hash": sample.content_hash}
+        self.cache.put(key, feats, meta)
         return feats, {**meta, "cache": "miss", "decode_s": t1 - t0, "encode_s": time.perf_counter() - t1}
 
     # -- prompt ----------------------------------------------------------------------------
@@ -111,8 +120,9 @@ class Pipeline:
 
     def tokenize(self, prompt: str, num_media_rows: int) -> list[int]:
         """Prompt ids with media positions as fake ids vocab_size + k (TensorRT-LLM convention)."""
-        image_token_id = self.tokenizer.convert_tokens_to_ids(prompts.MEDIA_TOKENS["image"])
-        tp = prompts.tokenize_with_media(self.tokenizer, prompt, num_media_rows, image_token_id,
+        # Any in-vocabulary id stands in for the media rows here; they become fake ids below. The
+        # model's own image token is used (a NeMo tokenizer may have no "<image>" token at all).
+        tp = prompts.tokenize_with_media(self.tokenizer, prompt, num_media_rows, self.llm.image_token_id,
                                          add_bos=self.settings.add_bos)
         return fake_media_ids(tp.input_ids, tp.media_positions, self.llm.vocab_size)
 

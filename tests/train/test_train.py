@@ -1,0 +1,106 @@
+"""Training path: loss goes down, only assistant tokens carry loss, resume continues from the saved step."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from videoneva.config import load_config
+from videoneva.errors import ConfigError
+from videoneva.train.data import IGNORE_INDEX
+from videoneva.train.loop import TrainConfig, train
+
+
+@pytest.fixture()
+def conv_data(tmp_path, media_dir):
+    """A few LLaVA conversation records over real media (video and image)."""
+    recs = []
+    for i in range(6):
+        media = {"video": "clip.mp4"} if i % 3 else {"image": "still.png"}
+        tok = "<video>" if "video" in media else "<image>"
+        recs.append({"id": str(i), **media, "conversations": [
+            {"from": "human", "value": f"{tok}\nWhat color is the shape?"},
+            {"from": "gpt", "value": ["red", "blue", "green"][i % 3]},
+            {"from": "human", "value": "How many shapes are there?"},
+            {"from": "gpt", "value": str(1 + i % 2)},
+        ]})
+    p = tmp_path / "train.json"
+    p.write_text(json.dumps(recs))
+    return p
+
+
+def _cfg(data, media_dir, out, *extra):
+    return load_config(TrainConfig, [
+        f"data.data_path={data}", f"data.video_folder={media_dir}", f"output_dir={out}", "data.num_frames=2",
+        "data.frame_token_pool=4", "model.image_size=56", "model.vision_hidden=32", "model.vision_intermediate=64",
+        "model.text_hidden=64", "model.text_intermediate=128", "model.vocab_size=300", "train.micro_batch_size=2",
+        "train.warmup_steps=2", "train.lr=3e-3", "save_every=0", "log_every=0", *extra])
+
+
+def test_short_run_lowers_the_loss_and_saves_a_loadable_checkpoint(conv_data, media_dir, tmp_path):
+    from videoneva.checkpoint.native import load_checkpoint
+
+    s = train(_cfg(conv_data, media_dir, tmp_path / "run", "train.max_steps=30"))
+    losses = json.loads((tmp_path / "run" / "train_summary.json").read_text())["losses"]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
+    ck = load_checkpoint(s["final"])
+    assert ck.settings.num_frames == 2 and ck.settings.frame_token_pool == 4
+
+
+def test_labels_cover_only_assistant_turns(conv_data, media_dir, tmp_path):
+    from videoneva import prompts
+    from videoneva.train.data import ConversationDataset, load_conversations
+    from videoneva.media.settings import MediaSettings
+    from videoneva.media.sources import MediaRoot
+    from videoneva.tokenizer import train_tokenizer
+
+    recs = load_conversations(conv_data)
+    tok = train_tokenizer(["red blue green one two What color is the shape? How many shapes are there?"] * 5,
+                          vocab_size=300, special_tokens=prompts.special_tokens("nv_steerlm"))
+    ds = ConversationDataset(recs, tok, "nv_steerlm", MediaSettings(num_frames=2, image_size=56, crop_size=56),
+                             MediaRoot(media_dir), tokens_per_frame=4, cache_media=False)
+    ex = ds[1]
+    assert len(ex.labels) == len(ex.input_ids)
+    assert ex.pixel_values.shape[0] == 2
+    image_id = tok.convert_tokens_to_ids("<image>")
+    assert ex.input_ids.count(image_id) == 2 * 4
+    labelled = tok.decode([t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE_INDEX])
+    assert "blue" in labelled and "2" in labelled
+    assert "What color" not in labelled and "How many" not in labelled and "System" not in labelled
+    assert all(lab == IGNORE_INDEX for t, lab in zip(ex.input_ids, ex.labels) if t == image_id)
+
+
+def test_resume_continues_from_the_saved_step(conv_data, media_dir, tmp_path):
+    full = train(_cfg(conv_data, media_dir, tmp_path / "full", "train.max_steps=6"))
+    train(_cfg(conv_data, media_dir, tmp_path / "part", "train.max_steps=3"))
+    resumed = train(_cfg(conv_data, media_dir, tmp_path / "part", "train.max_steps=6", "resume=true"))
+    assert resumed["steps"] == 6
+    a = json.loads((tmp_path / "full" / "train_summary.json").read_text())["losses"]
+    b = json.loads((tmp_path / "part" / "train_summary.json").read_text())["losses"]
+    assert len(b) == 6
+    torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-4, atol=1e-5)
+    assert full["steps"] == 6
+
+
+def test_lora_finetune_from_a_checkpoint(conv_data, media_dir, tmp_path, tiny_checkpoint):
+    from videoneva.checkpoint.native import load_checkpoint
+
+    s = train(_cfg(conv_data, media_dir, tmp_path / "lora", f"init={tiny_checkpoint}", "train.lora.enable=true",
+                   "train.max_steps=3", "train.freeze_vision=true", "data.frame_token_pool=1"))
+    ck = load_checkpoint(s["final"])
+    assert not any("lora" in k for k in ck.model.state_dict())
+    base = load_checkpoint(tiny_checkpoint).model.state_dict()
+    after = ck.model.state_dict()
+    key = "model.vision_tower.embeddings.patch_embedding.weight"
+    assert torch.equal(base[key], after[key]), "frozen vision tower must not change"
+    q = next(k for k in after if k.endswith("layers.0.self_attn.q_proj.weight"))
+    assert not torch.equal(base[q], after[q]), "merged LoRA must change the adapted weights"
+
+
+def test_bad_train_config():
+    with pytest.raises(ConfigError, match="stage"):
+        load_config(TrainConfig, ["stage=warmup", "output_dir=x", "data.data_path=y"])
+    with pytest.raises(ConfigError, match="output_dir"):
+        load_config(TrainConfig, ["data.data_path=y"])

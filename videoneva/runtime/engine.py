@@ -1,0 +1,106 @@
+"""Read an engine directory (output of `videoneva build`) and build a Pipeline from it.
+
+The directory describes itself: manifest.json says what was built; media.json holds the media and
+template settings; the backends are picked from what is present and what this machine can run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+from transformers import AutoTokenizer, LlamaForCausalLM
+
+from videoneva.checkpoint.native import CheckpointSettings, DTYPES
+from videoneva.config import InferConfig
+from videoneva.errors import CheckpointError, ConfigError
+from videoneva.media.settings import MediaSettings
+from videoneva.media.sources import MediaRoot
+from videoneva.runtime.cache import FeatureCache
+from videoneva.runtime.pipeline import Pipeline, PipelineSettings
+
+log = logging.getLogger(__name__)
+
+ENGINE_FORMAT = 1
+REQUIRED = ("manifest.json", "media.json", "tokenizer", "vision/vision.onnx")
+
+
+def read_engine_dir(engine_dir: str | Path) -> tuple[dict, dict]:
+    """(manifest, media) of a complete engine directory; CheckpointError lists what is missing."""
+    d = Path(engine_dir)
+    if not d.is_dir():
+        raise CheckpointError(f"engine directory not found: {d}")
+    missing = [r for r in REQUIRED if not (d / r).exists()]
+    if not (d / "llm" / "torch").is_dir() and not (d / "llm" / "trtllm_ckpt").is_dir():
+        missing.append("llm/torch or llm/trtllm_ckpt")
+    if missing:
+        raise CheckpointError(f"{d}: incomplete engine directory, missing {', '.join(missing)}; "
+                              "rebuild it with `videoneva build checkpoint=… output=…`")
+    manifest = json.loads((d / "manifest.json").read_text())
+    if manifest.get("format_version") != ENGINE_FORMAT:
+        raise CheckpointError(f"{d}/manifest.json: format_version {manifest.get('format_version')!r} is not "
+                              f"understood (this videoneva reads {ENGINE_FORMAT})")
+    return manifest, json.loads((d / "media.json").read_text())
+
+
+def load_engine_llm(d: Path, manifest: dict, precision: str, llm_source: Optional[str] = None):
+    """The LLM for the torch backend: llm/torch weights, or the TensorRT-LLM checkpoint dequantized.
+
+    llm_source: "torch" | "trtllm_ckpt" | None (the quantized checkpoint when the build quantized,
+    so `infer engine_dir=…` measures the AWQ model's accuracy on CPU).
+    """
+    if llm_source is None:
+        llm_source = "trtllm_ckpt" if manifest.get("llm", {}).get("quantized") else "torch"
+    dtype = DTYPES[precision]
+    if llm_source == "torch":
+        return LlamaForCausalLM.from_pretrained(d / "llm" / "torch", dtype=dtype).eval()
+    if llm_source != "trtllm_ckpt":
+        raise ConfigError(f"llm_source={llm_source!r} is not valid; choose one of ['torch', 'trtllm_ckpt']")
+    from videoneva.runtime.trtllm_checkpoint import load_trtllm_checkpoint
+
+    from transformers import LlamaConfig
+
+    _, state = load_trtllm_checkpoint(d / "llm" / "trtllm_ckpt")
+    config = LlamaConfig.from_pretrained(d / "llm" / "torch") if (d / "llm" / "torch").is_dir() else None
+    if config is None:
+        raise CheckpointError(f"{d}/llm/torch/config.json is needed to rebuild the LLM from the TensorRT-LLM checkpoint")
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    vocab = config.vocab_size  # TensorRT-LLM pads the vocabulary; cut it back
+    state = {k: (v[:vocab] if k in ("model.embed_tokens.weight", "lm_head.weight") else v) for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.to(dtype).eval()
+
+
+def pipeline_from_engine_dir(engine_dir: Path, cfg: InferConfig, cache_bytes: int = 256 * 2**20) -> Pipeline:
+    """ONNX Runtime vision encoder + torch LLM (or the TensorRT ones on a GPU machine)."""
+    from videoneva.runtime.onnx_backend import OnnxVisionEncoder
+    from videoneva.runtime.torch_backend import TorchLanguageModel
+
+    d = Path(engine_dir)
+    manifest, media = read_engine_dir(d)
+    s = CheckpointSettings.from_dict(media["settings"])
+    tok = AutoTokenizer.from_pretrained(d / "tokenizer")
+    dd = cfg.data
+    if dd.frame_token_pool not in (None, s.frame_token_pool):
+        raise ConfigError(f"data.frame_token_pool={dd.frame_token_pool}: this engine was built with "
+                          f"{s.frame_token_pool}; rebuild the engine to change it")
+    if dd.image_token_len not in (None, media["image_token_len"]):
+        raise ConfigError(f"data.image_token_len={dd.image_token_len} conflicts with the engine's {media['image_token_len']}")
+    vision = OnnxVisionEncoder(d / "vision" / "vision.onnx", media["image_token_len"], media["hidden_size"])
+    llm = TorchLanguageModel(load_engine_llm(d, manifest, cfg.trainer.precision), tok, media["image_token_id"])
+    ms = MediaSettings(
+        media_type=dd.media_type or cfg.inference.media_type or s.media_type,
+        num_frames=dd.num_frames if dd.num_frames is not None else s.num_frames,
+        splice_single_frame=dd.splice_single_frame if dd.splice_single_frame is not None else s.splice_single_frame,
+        image_size=media["image_size"], crop_size=media["image_size"], image_mean=tuple(s.image_mean),
+        image_std=tuple(s.image_std), image_aspect_ratio=dd.image_aspect_ratio or s.image_aspect_ratio,
+        decoder=dd.decoder or "auto")
+    settings = PipelineSettings(template=dd.conv_template or s.conv_template, media=ms,
+                                image_token_len=media["image_token_len"],
+                                insert_media_token=cfg.inference.insert_media_token, add_bos=cfg.inference.add_BOS,
+                                model_id=cfg.model_id or s.model_id)
+    root = cfg.inference.media_base_path or dd.video_folder or dd.image_folder
+    return Pipeline(vision, llm, tok, settings, MediaRoot(root), FeatureCache(cache_bytes))
