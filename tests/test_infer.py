@@ -116,14 +116,14 @@ def test_resume_keeps_answers_and_retries_failures(tiny_checkpoint, media_dir, p
 def test_prompt_longer_than_context_is_a_line_error(copy_checkpoint, media_dir, prompt_file, tmp_path):
     ckpt = copy_checkpoint()
     cfg = json.loads((ckpt / "config.json").read_text())
-    cfg["text_config"]["max_position_embeddings"] = 200  # 4 frames × 64 tokens do not fit
+    cfg["text_config"]["max_position_embeddings"] = 300  # 4 frames × 64 tokens + text do not fit; 1 frame does
     (ckpt / "config.json").write_text(json.dumps(cfg))
     prompts = prompt_file([{"video": "clip.mp4", "text": "q", "question_id": 0},
                            {"image": "still.png", "text": "q", "question_id": 1}])
     out = tmp_path / "out.jsonl"
     assert cli(_args(ckpt, media_dir, prompts, out)) == 1
     r0, r1 = _read(out)
-    assert "context is 200" in r0["error"] and "error" not in r1
+    assert "context is 300" in r0["error"] and "error" not in r1
 
 
 def test_config_and_checkpoint_errors_exit_2_without_traceback(tiny_checkpoint, media_dir, prompt_file, tmp_path, capsys):

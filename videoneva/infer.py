@@ -79,7 +79,7 @@ def report_failures(failures: list[tuple], total: int, output_file: str) -> int:
     print(f"infer: {len(failures)} of {total} lines failed (results of the others are in {output_file}; "
           "fix the inputs and rerun with resume=true):", file=sys.stderr)
     for line_no, qid, err in failures:
-        print(f"  line {line_no} question_id={qid}: {err}", file=sys.stderr)
+        print(f"  question_id={qid}: {err}", file=sys.stderr)
     return 1
 
 

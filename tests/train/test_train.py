@@ -95,7 +95,7 @@ def test_lora_finetune_from_a_checkpoint(conv_data, media_dir, tmp_path, tiny_ch
     after = ck.model.state_dict()
     key = "model.vision_tower.embeddings.patch_embedding.weight"
     assert torch.equal(base[key], after[key]), "frozen vision tower must not change"
-    q = next(k for k in after if k.endswith("layers.0.self_attn.q_proj.weight"))
+    q = next(k for k in after if "language_model" in k and k.endswith("layers.0.self_attn.q_proj.weight"))
     assert not torch.equal(base[q], after[q]), "merged LoRA must change the adapted weights"
 
 

@@ -257,6 +257,9 @@ def train(cfg: TrainConfig) -> dict:
         sched.load_state_dict(state["scheduler"])
         step, losses = state["step"], list(state["losses"])
         torch.set_rng_state(state["rng"])
+        # The saved lr belongs to the old schedule; a resume may extend max_steps, so recompute it.
+        for group, base_lr in zip(opt.param_groups, sched.base_lrs):
+            group["lr"] = base_lr * _lr_lambda(cfg.train)(step)
     per_step = cfg.train.micro_batch_size * cfg.train.grad_accum
     batches = _batches(ds, cfg, step * per_step, tok.pad_token_id or 0)
     bar = tqdm(total=cfg.train.max_steps, initial=step, desc=f"train[{cfg.stage}]", file=sys.stderr, dynamic_ncols=True)
@@ -267,7 +270,7 @@ def train(cfg: TrainConfig) -> dict:
         for _ in range(cfg.train.grad_accum):
             loss = forward_loss(base, vision, next(batches)) / cfg.train.grad_accum
             loss.backward()
-            total += float(loss)
+            total += float(loss.detach())
         if cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
         opt.step()
