@@ -49,7 +49,7 @@ class ConversationDataset(torch.utils.data.Dataset):
     """Renders each record with the template, masks labels to assistant turns, loads its media.
 
     Decoded + preprocessed media can be kept in memory (cache_media) so later epochs skip decode;
-    the cache holds uint8 frames, not float tensors, to stay small.
+    the cache holds float16 pixel values keyed by media path, to stay small.
     """
 
     def __init__(self, records: list[dict], tokenizer, template: str, media: MediaSettings,
@@ -57,18 +57,19 @@ class ConversationDataset(torch.utils.data.Dataset):
         self.records, self.tok, self.template = records, tokenizer, template
         self.media, self.root, self.tpf = media, media_root, tokens_per_frame
         self.image_token_id = tokenizer.convert_tokens_to_ids(prompts.MEDIA_TOKENS["image"])
-        self.cache: Optional[dict[int, np.ndarray]] = {} if cache_media else None
+        self.cache: Optional[dict[str, np.ndarray]] = {} if cache_media else None
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def _pixels(self, idx: int, media_type: str, rel: str) -> np.ndarray:
-        if self.cache is not None and idx in self.cache:
-            return self.cache[idx]
+    def _pixels(self, media_type: str, rel: str) -> np.ndarray:
+        key = f"{media_type}:{rel}"  # several questions usually share one video: decode it once
+        if self.cache is not None and key in self.cache:
+            return self.cache[key]
         sample = load_media(self.root, rel, dataclasses.replace(self.media, media_type=media_type))
         px = sample.pixel_values.astype(np.float16) if self.cache is not None else sample.pixel_values
         if self.cache is not None:
-            self.cache[idx] = px
+            self.cache[key] = px
         return px
 
     def __getitem__(self, idx: int) -> Example:
@@ -76,7 +77,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         media_type = "video" if rec.get("video") else ("image" if rec.get("image") else None)
         pixels = None
         if media_type is not None:
-            pixels = self._pixels(idx, media_type, rec[media_type]).astype(np.float32)
+            pixels = self._pixels(media_type, rec[media_type]).astype(np.float32)
         text, spans = prompts.render_conversation(self.template, rec["conversations"], media_type)
         n_media = 0 if pixels is None else pixels.shape[0] * self.tpf
         tp = prompts.tokenize_with_media(self.tok, text, n_media, self.image_token_id, add_bos=False, spans=spans)
