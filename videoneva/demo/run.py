@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from videoneva.cli import main as cli
+from videoneva.eval.exact_match import normalize_answer
 
 DEMO_MODEL = Path(__file__).parent / "assets" / "videoneva-demo"
 DEMO_SEED = 20261125  # never used for training data (training used seed 1; see videoneva/demo/train_demo.yaml)
@@ -23,7 +24,7 @@ def print_side_by_side(output_file: Path, refs_file: Path) -> None:
     for rec in _read_jsonl(output_file):
         ref = refs.get(rec.get("question_id"), {})
         ans = rec.get("pred_answer", f"ERROR: {rec.get('error')}")
-        ok = "✓" if ans.strip().lower().rstrip(".") == str(ref.get("answer", "")).strip().lower().rstrip(".") else "✗"
+        ok = "✓" if "pred_answer" in rec and normalize_answer(ans) == normalize_answer(ref.get("answer", "")) else "✗"
         print(f"{ref.get('type', '?'):<10} {rec.get('text', '')[:44]:<44} {ans[:28]:<28} {str(ref.get('answer'))[:28]:<28} {ok}")
 
 

@@ -131,7 +131,9 @@ def _settings_from(cfg: TrainConfig, base: CheckpointSettings) -> CheckpointSett
     upd = {k: v for k, v in dict(conv_template=d.conv_template, media_type=d.media_type, num_frames=d.num_frames,
                                  splice_single_frame=d.splice_single_frame, image_aspect_ratio=d.image_aspect_ratio,
                                  frame_token_pool=d.frame_token_pool).items() if v is not None}
-    return dataclasses.replace(base, model_id=cfg.model_id, **upd)
+    source = {"kind": "videoneva train", "stage": cfg.stage, "init": cfg.init, "data_path": cfg.data.data_path,
+              "media_root": cfg.data.video_folder or cfg.data.image_folder}
+    return dataclasses.replace(base, model_id=cfg.model_id, source=source, **upd)
 
 
 def _set_trainable(model, cfg: TrainConfig) -> None:

@@ -1,0 +1,45 @@
+"""The shipped demo model on questions from a seed never used in training.
+
+The target (issue 3) is >= 90% exact match; the model shipped now is an interim one (see README,
+"The demo model"), so the target is tracked by a strict xfail that turns into a failure the day
+a shipped model meets it (then drop the marker).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from videoneva.cli import main as cli
+from videoneva.demo.run import DEMO_MODEL
+from videoneva.eval.exact_match import load_refs, score
+
+
+def _fresh_sample_report(tmp_path):
+    assert (DEMO_MODEL / "model.safetensors").is_file(), "the demo checkpoint ships with the package"
+    assert (DEMO_MODEL / "model.safetensors").stat().st_size <= 20 * 2**20
+    data = tmp_path / "data"
+    # Seed 4242 is not the training seed (1) nor the demo's; 20 scenes x 3 questions = 60 questions.
+    assert cli(["demo-data", f"out={data}", "n=20", "seed=4242", "heldout_fraction=1.0", "questions_per_scene=3"]) == 0
+    out = tmp_path / "answers.jsonl"
+    rc = cli(["infer", f"neva_model_file={DEMO_MODEL}", f"prompt_file={data / 'heldout_prompts.jsonl'}",
+              f"output_file={out}", f"inference.media_base_path={data}", "inference.greedy=true",
+              "inference.tokens_to_generate=24", "inference.insert_media_token=left", "print_answers=false"])
+    assert rc == 0
+    outputs = [json.loads(x) for x in out.read_text().splitlines()]
+    return score(outputs, load_refs(data / "heldout_refs.jsonl"))
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    return _fresh_sample_report(tmp_path_factory.mktemp("demo"))
+
+
+def test_shipped_demo_model_answers_a_fresh_sample(report):
+    assert report.overall.n == 60 and report.overall.errors == 0 and report.overall.missing == 0
+    assert all(r.pred for r in report.results), "every question gets a non-empty answer"
+
+
+@pytest.mark.xfail(strict=True, reason="issue 3 open: the interim demo model is below the 90% target")
+def test_shipped_demo_model_meets_the_accuracy_target(report):
+    assert report.overall.accuracy >= 0.9, {k: v.accuracy for k, v in report.per_type.items()}
