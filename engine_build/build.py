@@ -211,7 +211,7 @@ def build(cfg: BuildConfig) -> dict:
         if quantized:
             batches = _calibration_batches(cfg, ckpt, plan)
             lm = llm_build.quantize_awq(lm, batches, group_size=cfg.quantization.group_size)
-        export_dtype = "float16" if precision == "32" and quantized else trt_dtype
+        export_dtype = "float16" if precision == "32" else trt_dtype  # TensorRT-LLM engines run fp16/bf16
         ck_cfg = llm_build.export_trtllm_checkpoint(lm, tmp / "llm" / "trtllm_ckpt", export_dtype,
                                                     cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size)
         built["trtllm_checkpoint"] = {"path": "llm/trtllm_ckpt", "quantization": ck_cfg.get("quantization"),

@@ -361,6 +361,9 @@ def test_native_loader_reads_nemo(tmp_path, model, image_id, tok_dir, clip_dir):
     nemo = write_nemo(tmp_path / "neva.nemo", neva_config(vision_from=str(clip_dir)), weights, tok_dir)
     ck = load_checkpoint(nemo)
     assert ck.kind == "nemo" and ck.settings.num_frames == FRAMES and ck.settings.conv_template == "nvgpt"
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.inference_mode():  # the loaded model runs (no tensor left on the meta device)
+        torch.testing.assert_close(ck.model(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------- failures

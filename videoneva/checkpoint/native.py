@@ -183,9 +183,10 @@ def _load_nemo(p: Path, dtype: torch.dtype, base_model_file, vision_tower) -> Lo
 
     imported = import_nemo(p, base_model_file=base_model_file, vision_tower=vision_tower)
     check_llava_config(imported.config, str(p))
-    with torch.device("meta"):
-        model = LlavaForConditionalGeneration(imported.config)
-    model.load_state_dict(imported.state_dict, strict=True, assign=True)
+    # Built on CPU, not on the meta device: RoPE's inv_freq is a non-persistent buffer that the
+    # state dict does not carry.
+    model = LlavaForConditionalGeneration(imported.config)
+    model.load_state_dict(imported.state_dict, strict=True)
     model.to(dtype).eval()
     s = imported.settings
     settings = CheckpointSettings(

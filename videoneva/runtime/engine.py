@@ -66,11 +66,12 @@ def load_engine_llm(d: Path, manifest: dict, precision: str, llm_source: Optiona
     config = LlamaConfig.from_pretrained(d / "llm" / "torch") if (d / "llm" / "torch").is_dir() else None
     if config is None:
         raise CheckpointError(f"{d}/llm/torch/config.json is needed to rebuild the LLM from the TensorRT-LLM checkpoint")
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config)
+    # Built on CPU, not on the meta device: RoPE's inv_freq is a non-persistent buffer that a
+    # state dict does not carry, so a meta-built model would keep it empty.
+    model = LlamaForCausalLM(config)
     vocab = config.vocab_size  # TensorRT-LLM pads the vocabulary; cut it back
     state = {k: (v[:vocab] if k in ("model.embed_tokens.weight", "lm_head.weight") else v) for k, v in state.items()}
-    model.load_state_dict(state, strict=True, assign=True)
+    model.load_state_dict(state, strict=True)
     return model.to(dtype).eval()
 
 
