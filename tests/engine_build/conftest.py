@@ -6,7 +6,14 @@ import torch
 from eb_helpers import VOCAB, calib_batches, tiny_llama_config
 from transformers import LlamaForCausalLM
 
-torch.set_num_threads(1)
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread here (the machine's cores are shared), restored for the rest of the suite."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,7 @@ from __future__ import annotations
 import importlib.util
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-
-torch.set_num_threads(1)
+from transformers import LlamaConfig
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 HAS_TRTLLM = importlib.util.find_spec("tensorrt_llm") is not None

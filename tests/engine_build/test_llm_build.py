@@ -105,3 +105,15 @@ def test_quantize_awq_needs_samples():
 
     with pytest.raises(ConfigError, match="at least one sample"):
         quantize_awq(LlamaForCausalLM(tiny_llama_config()).eval(), [], group_size=128)
+
+
+def test_rope_fields_for_tensorrt_llm():
+    """rotary_base / rotary_scaling as tensorrt_llm/models/llama/config.py (LLaMAConfig) reads them."""
+    from engine_build.llm import _rope_fields
+
+    assert _rope_fields(tiny_llama_config()) == {"rotary_base": 500000.0}
+    llama3 = tiny_llama_config(max_position_embeddings=16384, rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192})
+    scaling = _rope_fields(llama3)["rotary_scaling"]
+    assert scaling["type"] == "llama3" and scaling["factor"] == 8.0 and "rope_theta" not in scaling
