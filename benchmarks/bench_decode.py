@@ -18,7 +18,7 @@ import platform
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
@@ -30,28 +30,10 @@ from videoneva.media.decoders import decode_video
 from videoneva.media.encode import encode_video
 from videoneva.media.frames import select_frame_indices
 from videoneva.media.settings import MediaSettings
+from videoneva.stats import Stats
 
 HERE = Path(__file__).resolve().parent
 METHODS = ("sampled", "all_frames", "videoneva")
-
-
-@dataclass
-class Stats:
-    mean: float
-    p50: float
-    p90: float
-    min: float
-    max: float
-    std: float
-    n: int
-    unit: str = "s"
-
-    @classmethod
-    def of(cls, xs: list[float]) -> "Stats":
-        a = np.asarray(xs, dtype=float)
-        return cls(mean=float(a.mean()), p50=float(np.median(a)), p90=float(np.percentile(a, 90)),
-                   min=float(a.min()), max=float(a.max()), std=float(a.std()), n=len(xs))
-
 
 def synthetic_frames(n: int, height: int, width: int, seed: int = 0):
     """Yield n uint8 [H, W, 3] frames: a blocky random texture panning 4 px per frame (cheap, but

@@ -16,7 +16,7 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -29,27 +29,9 @@ sys.path.insert(0, str(HERE.parent))
 
 from engine_build.vision import VisionEncoderModule, export_vision_onnx  # noqa: E402
 from videoneva.model.factory import ModelSizes, new_llava  # noqa: E402
+from videoneva.stats import Stats  # noqa: E402
 
 BACKENDS = ("torch", "onnxruntime")
-
-
-@dataclass
-class Stats:
-    mean: float
-    p50: float
-    p90: float
-    min: float
-    max: float
-    std: float
-    n: int
-    unit: str
-
-    @classmethod
-    def of(cls, xs: list[float], unit: str) -> "Stats":
-        a = np.asarray(xs, dtype=float)
-        return cls(mean=float(a.mean()), p50=float(np.median(a)), p90=float(np.percentile(a, 90)),
-                   min=float(a.min()), max=float(a.max()), std=float(a.std()), n=len(xs), unit=unit)
-
 
 def clip_l14_sizes(llm_hidden: int) -> ModelSizes:
     """CLIP ViT-L/14 224 tower; the LLM is cut to one tiny layer (only the projector's output width matters)."""
