@@ -38,12 +38,21 @@ def test_every_template_renders_as_written(name):
     assert right == EXPECTED_LEFT_IMAGE[name].replace("<image>\nWhat is it?", "What is it?<video>")
 
 
+# The seed's example output (NeMo's Video NeVA page), verbatim.
+SEED_EXAMPLE = (
+    "<extra_id_0>System\nA chat between a curious user and an artificial intelligence assistant. The assistant "
+    "gives helpful, detailed, and polite answers to the user's questions.\n\n<extra_id_1>User\nCan you describe "
+    "the scene?<video>\n<extra_id_1>Assistant\n<extra_id_2>quality:4,toxicity:0,humor:0,creativity:0,"
+    "helpfulness:4,correctness:4,coherence:4,complexity:4,verbosity:4\nCLEAN RESPONSE: Hand with a robot arm"
+)
+
+
 def test_nv_steerlm_matches_the_seed_example_character_for_character():
-    seed = next(SEED.glob("*.txt")).read_text()
-    start = seed.index("<extra_id_0>System")
-    end = seed.index("CLEAN RESPONSE: Hand with a robot arm") + len("CLEAN RESPONSE: Hand with a robot arm")
     prompt = prompts.render_prompt("nv_steerlm", "Can you describe the scene?", "video", "right")
-    assert prompts.format_seed_output(prompt, "Hand with a robot arm") == seed[start:end]
+    assert prompts.format_seed_output(prompt, "Hand with a robot arm") == SEED_EXAMPLE
+    seed_files = sorted(SEED.glob("*.txt")) if SEED.is_dir() else []
+    if seed_files:  # the seed page itself, where the shared folder is beside the checkout (CI)
+        assert SEED_EXAMPLE in seed_files[0].read_text()
 
 
 def test_media_token_already_in_text_or_no_insert():
