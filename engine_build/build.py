@@ -130,8 +130,10 @@ def plan_build(cfg: BuildConfig, ckpt: LoadedCheckpoint) -> dict:
 
         check_awq_settings(tc, cfg.quantization.group_size, cfg.tensor_model_parallel_size,
                            cfg.pipeline_model_parallel_size)
+    from engine_build.commands import max_multimodal_len
+
     return {"tokens_per_frame": tpf, "num_frames": num_frames, "frame_token_pool": pool,
-            "max_multimodal_len": cfg.max_batch_size * media_len}
+            "max_multimodal_len": max_multimodal_len(cfg.max_batch_size, frames, tpf)}
 
 
 def _calibration_batches(cfg: BuildConfig, ckpt: LoadedCheckpoint, plan: dict) -> list[dict]:
