@@ -228,14 +228,11 @@ def check_parallel(text_config, tp_size: int, pp_size: int) -> None:
 
 def trtllm_available() -> Optional[str]:
     """None when trtllm-build can run here, else the reason it cannot."""
+    from engine_build.vision import cuda_unavailable_reason
+
     if shutil.which("trtllm-build") is None:
         return "trtllm-build is not on PATH (tensorrt_llm is not installed)"
-    try:
-        if not torch.cuda.is_available():
-            return "no CUDA device"
-    except RuntimeError as exc:
-        return f"CUDA unusable: {exc}"
-    return None
+    return cuda_unavailable_reason()
 
 
 def run_trtllm_build(cmd: list) -> Optional[dict]:

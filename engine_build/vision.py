@@ -139,18 +139,23 @@ def export_vision_onnx(model, out_path: str | Path, image_size: int, frame_token
             "export_seconds": round(export_s, 2)}
 
 
-def tensorrt_unavailable_reason() -> str | None:
-    """None when a TensorRT plan can be built here, else why not."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError as exc:
-        return f"tensorrt is not installed ({exc})"
+def cuda_unavailable_reason() -> str | None:
+    """None when a CUDA device is usable, else why not (shared by the TensorRT and TRT-LLM checks)."""
     try:
         if not torch.cuda.is_available():
             return "no CUDA device"
     except RuntimeError as exc:
         return f"CUDA unusable: {exc}"
     return None
+
+
+def tensorrt_unavailable_reason() -> str | None:
+    """None when a TensorRT plan can be built here, else why not."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError as exc:
+        return f"tensorrt is not installed ({exc})"
+    return cuda_unavailable_reason()
 
 
 def build_vision_plan(onnx_path: str | Path, plan_path: str | Path, num_frames: int, max_batch_size: int,

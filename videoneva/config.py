@@ -252,20 +252,26 @@ def load_config(schema: type, overrides: list[str], yaml_path: str | Path | None
 
 
 def config_help(schema: type, title: str) -> str:
-    """Render `--help` text from the dataclass fields (keys, defaults, help strings)."""
-    _resolve_types(schema)
+    """Render `--help` text from the dataclass fields (keys, defaults of a default instance, help)."""
     lines = [title, "", "keys (key=value; defaults in brackets):"]
 
-    def walk(cls: type, prefix: str) -> None:
+    def walk(cls: type, defaults: Any, prefix: str) -> None:
         _resolve_types(cls)
         for f in dataclasses.fields(cls):
-            if isinstance(f.type, type) and dataclasses.is_dataclass(f.type):
-                walk(f.type, f"{prefix}{f.name}.")
+            value = getattr(defaults, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(type(value), value, f"{prefix}{f.name}.")
                 continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            lines.append(f"  {prefix}{f.name} [{default}]  {f.metadata.get('help', '')}")
+            lines.append(f"  {prefix}{f.name} [{value}]  {f.metadata.get('help', '')}".rstrip())
 
-    walk(schema, "")
+    _resolve_types(schema)
+    instance = schema.__new__(schema)  # defaults without __post_init__ (required keys may be unset)
+    for f in dataclasses.fields(schema):
+        if f.default is not dataclasses.MISSING:
+            setattr(instance, f.name, f.default)
+        else:
+            setattr(instance, f.name, f.default_factory())  # type: ignore[misc]
+    walk(schema, instance, "")
     return "\n".join(lines)
 
 

@@ -62,23 +62,16 @@ class TrainDataConfig(DataConfig):
 
 
 @dataclass
-class NewModelConfig:
-    """Shapes of a model trained from scratch (when init is null)."""
+class NewModelConfig(ModelSizes):
+    """Shapes of a model trained from scratch (when init is null); vocab_size is the BPE target."""
 
-    image_size: int = 224
-    patch_size: int = 14
-    vision_hidden: int = 128
-    vision_layers: int = 2
-    vision_heads: int = 4
-    vision_intermediate: int = 256
-    text_hidden: int = 128
-    text_layers: int = 2
-    text_heads: int = 4
-    text_kv_heads: int = 2
-    text_intermediate: int = 256
-    max_position_embeddings: int = 2048
     tokenizer: Optional[str] = _help("tokenizer dir; null trains a byte-level BPE on the data", default=None)
-    vocab_size: int = _help("vocabulary of a tokenizer trained on the data", default=512)
+
+
+def _small_model() -> NewModelConfig:
+    return NewModelConfig(vocab_size=512, vision_hidden=128, vision_layers=2, vision_heads=4, vision_intermediate=256,
+                          text_hidden=128, text_layers=2, text_heads=4, text_kv_heads=2, text_intermediate=256,
+                          max_position_embeddings=2048)
 
 
 @dataclass
@@ -94,7 +87,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: TrainDataConfig = field(default_factory=TrainDataConfig)
     train: OptimConfig = field(default_factory=OptimConfig)
-    model: NewModelConfig = field(default_factory=NewModelConfig)
+    model: NewModelConfig = field(default_factory=_small_model)
 
     def __post_init__(self) -> None:
         if self.stage not in ("pretrain", "finetune"):
@@ -117,8 +110,8 @@ def _new_model(cfg: TrainConfig, records: list[dict]):
         texts = (prompts.render_conversation(template, r["conversations"], None)[0] for r in records)
         tok = train_tokenizer(texts, vocab_size=cfg.model.vocab_size, special_tokens=prompts.special_tokens(template))
     m = cfg.model
-    sizes = ModelSizes(vocab_size=len(tok), **{f.name: getattr(m, f.name) for f in dataclasses.fields(ModelSizes)
-                                              if f.name not in ("vocab_size", "rms_norm_eps")})
+    sizes = ModelSizes(**{f.name: getattr(m, f.name) for f in dataclasses.fields(ModelSizes)})
+    sizes.vocab_size = len(tok)  # the trained tokenizer's real size (specials included)
     model = new_llava(sizes, image_token_id=tok.convert_tokens_to_ids(prompts.MEDIA_TOKENS["image"]),
                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                       seed=cfg.seed)
