@@ -11,7 +11,7 @@ import json
 import pytest
 
 from videoneva.cli import main as cli
-from videoneva.demo.run import DEMO_MODEL
+from videoneva.demo.run import DEMO_INSERT, DEMO_MODEL
 from videoneva.eval.exact_match import load_refs, score
 
 
@@ -24,7 +24,7 @@ def _fresh_sample_report(tmp_path):
     out = tmp_path / "answers.jsonl"
     rc = cli(["infer", f"neva_model_file={DEMO_MODEL}", f"prompt_file={data / 'heldout_prompts.jsonl'}",
               f"output_file={out}", f"inference.media_base_path={data}", "inference.greedy=true",
-              "inference.tokens_to_generate=24", "inference.insert_media_token=left", "print_answers=false"])
+              "inference.tokens_to_generate=24", f"inference.insert_media_token={DEMO_INSERT}", "print_answers=false"])
     assert rc == 0
     outputs = [json.loads(x) for x in out.read_text().splitlines()]
     return score(outputs, load_refs(data / "heldout_refs.jsonl"))

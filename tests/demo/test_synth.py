@@ -240,3 +240,18 @@ def test_cli_errors_and_overwrite(tmp_path, capsys):
     assert all(("<video>" in r["conversations"][0]["value"]) + ("<image>" in r["conversations"][0]["value"]) == 1
                and not any("<" in t["value"] for t in r["conversations"][1:]) for r in multi)
     assert "demo-data:" in capsys.readouterr().out
+
+
+def test_media_token_placement(tmp_path):
+    import json
+
+    from videoneva.cli import main as cli
+
+    assert cli(["demo-data", f"out={tmp_path / 'r'}", "n=3", "seed=5", "media_token=right", "heldout_fraction=0"]) == 0
+    assert cli(["demo-data", f"out={tmp_path / 'l'}", "n=3", "seed=5", "heldout_fraction=0"]) == 0
+    right = json.loads((tmp_path / "r" / "train.json").read_text())
+    left = json.loads((tmp_path / "l" / "train.json").read_text())
+    for r, l in zip(right, left):
+        q = r["conversations"][0]["value"]
+        assert q.endswith(("<video>", "<image>")) and l["conversations"][0]["value"].startswith(("<video>\n", "<image>\n"))
+    assert cli(["demo-data", f"out={tmp_path / 'x'}", "media_token=top"]) == 2

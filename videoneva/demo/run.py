@@ -10,6 +10,7 @@ from videoneva.cli import main as cli
 from videoneva.eval.exact_match import normalize_answer
 
 DEMO_MODEL = Path(__file__).parent / "assets" / "videoneva-demo"
+DEMO_INSERT = "right"  # where the demo model saw the media token in training (demo-data media_token=right)
 DEMO_SEED = 20261125  # never used for training data (training used seed 1; see videoneva/demo/train_demo.yaml)
 
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"== 2/3 videoneva infer on {args.model}", file=sys.stderr)
     rc = cli(["infer", f"neva_model_file={args.model}", f"prompt_file={data / 'heldout_prompts.jsonl'}",
               f"output_file={answers}", f"inference.media_base_path={data}", "inference.media_type=video",
-              "inference.greedy=true", "inference.tokens_to_generate=24", "inference.insert_media_token=left",
+              "inference.greedy=true", "inference.tokens_to_generate=24", f"inference.insert_media_token={DEMO_INSERT}",
               "overwrite=true", "print_answers=false"])
     if rc not in (0, 1):
         return rc

@@ -59,6 +59,8 @@ class SynthConfig:
     fps: int = _help("frame rate written in the videos", 8)
     multi_turn: bool = _help("train.json: one record per scene with all its questions as turns "
                              "(default: one record per question, like the held-out prompts)", False)
+    media_token: str = _help("where the media token goes in the human turn: left ('<video>\\nQ', LLaVA "
+                             "style) | right ('Q<video>', the seed's insert_media_token=right)", "left")
 
     def __post_init__(self) -> None:
         if not str(self.out).strip():
@@ -73,6 +75,8 @@ class SynthConfig:
                 raise ConfigError(f"{key} must be between 0 and 1, got {getattr(self, key)!r}")
         if self.size < 64 or self.size > 2048 or self.size % 2:
             raise ConfigError(f"size must be an even number of px in [64, 2048], got {self.size}")
+        if self.media_token not in ("left", "right"):
+            raise ConfigError(f"media_token={self.media_token!r} is not valid; choose one of ['left', 'right']")
         self.frame_range()
 
     def frame_range(self) -> tuple[int, int]:
@@ -118,17 +122,20 @@ def plan(cfg: SynthConfig) -> list[Scene]:
     return scenes
 
 
-def _human(kind: str, question: str) -> dict:
+def _human(kind: str, question: str, media_token: str = "left") -> dict:
+    if media_token == "right":
+        return {"from": "human", "value": f"{question}{MEDIA_TOKEN[kind]}"}
     return {"from": "human", "value": f"{MEDIA_TOKEN[kind]}\n{question}"}
 
 
-def conversation_records(scenes: Iterable[Scene], multi_turn: bool) -> list[dict]:
+def conversation_records(scenes: Iterable[Scene], multi_turn: bool, media_token: str = "left") -> list[dict]:
     """LLaVA conversation records: one per question, or one per scene (all questions as turns,
     the media token in the first human turn only).
 
     Args:
         scenes: the scenes of one split.
         multi_turn: one record per scene instead of per question.
+        media_token: "left" or "right" placement of the media token (match inference.insert_media_token).
     """
     records = []
     for sc in scenes:
@@ -136,13 +143,13 @@ def conversation_records(scenes: Iterable[Scene], multi_turn: bool) -> list[dict
         if multi_turn:
             turns: list[dict] = []
             for j, qa in enumerate(sc.questions):
-                turns.append(_human(kind, qa.question) if j == 0 else {"from": "human", "value": qa.question})
+                turns.append(_human(kind, qa.question, media_token) if j == 0 else {"from": "human", "value": qa.question})
                 turns.append({"from": "gpt", "value": qa.answer})
             records.append({"id": sc.spec.scene_id, kind: sc.media_path, "conversations": turns})
             continue
         for j, qa in enumerate(sc.questions):
             records.append({"id": f"{sc.spec.scene_id}_q{j}", kind: sc.media_path,
-                            "conversations": [_human(kind, qa.question), {"from": "gpt", "value": qa.answer}]})
+                            "conversations": [_human(kind, qa.question, media_token), {"from": "gpt", "value": qa.answer}]})
     return records
 
 
@@ -235,8 +242,8 @@ def generate(cfg: SynthConfig, progress: bool = True) -> dict:
         p.unlink()
     train = [s for s in scenes if not s.heldout]
     held = [s for s in scenes if s.heldout]
-    _dump(out / "train.json", conversation_records(train, cfg.multi_turn))
-    _dump(out / "heldout.json", conversation_records(held, False))
+    _dump(out / "train.json", conversation_records(train, cfg.multi_turn, cfg.media_token))
+    _dump(out / "heldout.json", conversation_records(held, False, cfg.media_token))
     prompts, refs = prompt_lines(held)
     _dump_lines(out / "heldout_prompts.jsonl", prompts)
     _dump_lines(out / "heldout_refs.jsonl", refs)
