@@ -1,10 +1,9 @@
-"""Prompt rendering, media-token tokenization and clean-response extraction (one place for all three).
-
-Inference prompts, training conversations (with the character spans that carry loss) and the
-"CLEAN RESPONSE" of NeMo's SteerLM templates all come from the template table in templates.py.
-"""
+"""Prompt rendering, training spans, media-token tokenization and CLEAN RESPONSE extraction (templates.py's logic)."""
+# The training dataloader, the in-process pipeline and the Triton models all call these functions,
+# so they agree on prompts, on which characters carry loss and on where the media positions are.
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -12,182 +11,299 @@ from videoneva.errors import PromptError
 from videoneva.templates import TEMPLATES, Template
 
 MEDIA_TOKENS = {"image": "<image>", "video": "<video>"}
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # labels of positions without loss (NeMo uses -1; -100 is what torch/transformers ignore)
+INSERT_CHOICES = ("left", "right", None)
+_MEDIA_RE = re.compile("|".join(re.escape(t) for t in MEDIA_TOKENS.values()))
+_USER_ROLES = ("human", "user")
+_ASSISTANT_ROLES = ("gpt", "assistant")
 
 
 def get_template(name: str) -> Template:
+    """The template called `name`; PromptError naming the valid ones otherwise.
+
+    Args:
+        name: a key of TEMPLATES.
+    """
     if name not in TEMPLATES:
-        raise PromptError(f"unknown conversation template {name!r}; choose one of {sorted(TEMPLATES)}")
+        raise PromptError(f"unknown conversation template {name!r}; expected one of {sorted(TEMPLATES)}")
     return TEMPLATES[name]
 
 
-def place_media(text: str, media_type: Optional[str], insert_media_token: Optional[str]) -> str:
-    """Put the media token into the user text.
-
-    right: text + token, as the seed's example ("Can you describe the scene?<video>").
-    left: token + "\\n" + text, as LLaVA-style training data ("<video>\\nWhat is …").
-    None: the text is used as given (it may already hold the token, or the item has no media).
-    """
-    if media_type is None or insert_media_token is None:
-        return text
+def _media_token(media_type: Optional[str]) -> Optional[str]:
+    if media_type is None:
+        return None
     if media_type not in MEDIA_TOKENS:
-        raise PromptError(f"media_type must be one of {sorted(MEDIA_TOKENS)}, got {media_type!r}")
-    token = MEDIA_TOKENS[media_type]
-    if token in text:
+        raise PromptError(f"media_type must be one of {sorted(MEDIA_TOKENS)} or null, got {media_type!r}")
+    return MEDIA_TOKENS[media_type]
+
+
+def place_media(text: str, media_type: Optional[str], insert_media_token: Optional[str],
+                add_media_sep: bool = False) -> str:
+    """Put the media token into the user text the way NeMo's neva_evaluation.py does.
+
+    left: token + text; right: text + token (the seed: "Can you describe the scene?<video>"); with
+    add_media_sep, " \\n" follows the token. NeMo adds no separator of its own here, so a left video
+    reads "<video>What …". None: the text is used as given. A text that already holds the token gets
+    no second one (NeMo would add it and then fail on two media items).
+
+    Args:
+        text: the user's question.
+        media_type: "image" | "video" | None (no media: text returned as is).
+        insert_media_token: "left" | "right" | None.
+        add_media_sep: put " \\n" after the inserted token.
+    """
+    if insert_media_token not in INSERT_CHOICES:
+        raise PromptError(f"insert_media_token must be one of {list(INSERT_CHOICES)}, got {insert_media_token!r}")
+    token = _media_token(media_type)
+    if token is None or insert_media_token is None or token in text:
         return text
-    if insert_media_token == "right":
-        return text + token
-    if insert_media_token == "left":
-        return token + "\n" + text
-    raise PromptError(f"insert_media_token must be left, right or null, got {insert_media_token!r}")
+    token += " \n" if add_media_sep else ""
+    return token + text if insert_media_token == "left" else text + token
 
 
-def _system_block(t: Template, system: Optional[str]) -> str:
-    return t.head.format(system=t.system if system is None else system)
+def _image_newline(msg: str) -> str:
+    # NeMo's neva_process_prompts rewrites every "<image>" to "<image>\n" at inference (not "<video>":
+    # the seed shows "…scene?<video>\n<extra_id_1>", that "\n" being the turn's end). NeMo doubles the
+    # newline of a text that already has "<image>\n" (LLaVA-style prompts); we add it only where missing.
+    return re.sub(r"<image>(?!\n)", "<image>\n", msg)
 
 
-def _user(t: Template, msg: str, first: bool, system: Optional[str]) -> str:
-    if first and t.first_user_prefix:
-        return t.first_user_prefix.format(system=t.system if system is None else system) + msg + t.user_suffix
-    return t.user_prefix + msg + t.user_suffix
+def _system_text(t: Template, system: Optional[str]) -> str:
+    text = t.system if system is None else system
+    if t.skip_empty_system and not text:
+        return ""
+    return t.system_block.replace("{system}", text)
+
+
+def _head(t: Template, system: Optional[str]) -> str:
+    return t.prefix + ("" if t.system_in_first_user else _system_text(t, system))
+
+
+def _user_turn(t: Template, msg: str, first: bool, system: Optional[str]) -> str:
+    prefix = t.first_user_prefix if first and t.first_user_prefix is not None else t.user_prefix
+    if first and t.system_in_first_user:
+        prefix += _system_text(t, system)
+    return prefix + msg + t.user_suffix
 
 
 def _assistant_head(t: Template, label: Optional[str]) -> str:
-    lab = t.label if label is None else label
-    return t.assistant_prefix + (f"<extra_id_2>{lab}\n" if t.style == "nv" and lab else "")
+    label = t.default_label if label is None else label
+    # NeMo's inference path rstrips "\n<extra_id_1>" as a character set, which also eats a label's
+    # trailing "1"/"a"/"d"… (e.g. "verbosity:1"); the label is kept whole here.
+    line = t.label_line.replace("{label}", label) if t.label_line and label else ""
+    return t.assistant_prefix + line
 
 
 def render_prompt(template: str, text: str, media_type: Optional[str] = "video",
                   insert_media_token: Optional[str] = None, system: Optional[str] = None,
-                  label: Optional[str] = None) -> str:
+                  label: Optional[str] = None, add_media_sep: bool = False) -> str:
     """The inference prompt: system block, one user turn, and the assistant prefix to continue from.
 
-    For nv_steerlm this ends with "<extra_id_1>Assistant\\n<extra_id_2>quality:4,…,verbosity:4\\n".
+    nv_steerlm and nvgpt end with "<extra_id_1>Assistant\\n<extra_id_2>quality:4,…,verbosity:4\\n".
+
+    Args:
+        template: a name in TEMPLATES.
+        text: the user's question.
+        media_type: "image" | "video" | None (no media: the text is used as given).
+        insert_media_token: "left" | "right" | None, see place_media.
+        system: replaces the template's system text (used verbatim, NeMo's trailing newlines included).
+        label: SteerLM attribute line for nv templates; "" leaves it out, None takes the default.
+        add_media_sep: NeMo's add_media_sep: " \\n" after an inserted media token.
     """
     t = get_template(template)
-    msg = place_media(text, media_type, insert_media_token)
-    return _system_block(t, system) + _user(t, msg, True, system) + _assistant_head(t, label)
+    token = _media_token(media_type)
+    if t.media_only_user:
+        if token is None:
+            raise PromptError(f"template {template!r} needs media (its user turn is the media token); "
+                              "media_type is null")
+        msg = token
+    else:
+        msg = place_media(text, media_type, insert_media_token, add_media_sep)
+        if t.image_newline:
+            msg = _image_newline(msg)
+    return _head(t, system) + _user_turn(t, msg, True, system) + _assistant_head(t, label)
+
+
+def _role(t: Template, turn: dict, i: int) -> str:
+    if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+        raise PromptError(f"turn {i}: expected {{'from': …, 'value': str}}, got {turn!r:.120}")
+    who = str(turn.get("from", "")).lower()
+    want = "user" if i % 2 == 0 else "assistant"
+    own = t.roles[i % 2].lower()
+    names = (_USER_ROLES if want == "user" else _ASSISTANT_ROLES) + ((own,) if own else ())
+    if who not in names:
+        raise PromptError(f"turn {i}: expected a {want} turn (from: {'|'.join(dict.fromkeys(names))}), "
+                          f"got from={turn.get('from')!r}; turns alternate human, gpt, starting with human")
+    return want
 
 
 def render_conversation(template: str, turns: list[dict], media_type: Optional[str] = None,
                         system: Optional[str] = None) -> tuple[str, list[tuple[int, int]]]:
-    """Training text for LLaVA-style turns [{"from": "human"|"gpt", "value": …}, …].
+    """Training text for LLaVA-style turns, and the character spans that carry loss.
 
-    Returns (text, spans): the character spans that carry loss, i.e. each assistant answer and
-    its end separator (NeMo masks the instruction parts of every round).
+    Each span is one answer plus its end separator (e.g. "red\\n<extra_id_1>"), as NeMo's label
+    masking keeps them; the system block, user turns, assistant prefixes and SteerLM label lines
+    are masked. The media token must already be in the turns (LLaVA data holds "<video>\\n…");
+    unlike at inference, "<image>" gets no extra newline (NeMo does not add one in training).
+
+    Args:
+        template: a name in TEMPLATES.
+        turns: [{"from": "human"|"gpt", "value": str, "label"?: str}, …] alternating, human first;
+            a gpt turn's "label" sets its SteerLM line (nv templates).
+        media_type: "image" | "video" for an item with media (its token must then appear exactly
+            once); None: the text is used as given (tokenize_with_media rejects a media token there).
+        system: replaces the template's system text.
+
+    Returns:
+        (text, spans) with spans [(start, end), …] into text, one per assistant turn.
     """
     t = get_template(template)
-    text, spans = _system_block(t, system), []
+    token = _media_token(media_type)
+    if not turns or len(turns) % 2:
+        raise PromptError(f"a conversation needs human/gpt pairs; got {len(turns)} turns")
+    if t.media_only_user and len(turns) != 2:
+        raise PromptError(f"template {template!r} takes one human/gpt pair; got {len(turns)} turns")
+    text, spans = _head(t, system), []
     for i, turn in enumerate(turns):
-        role, value = turn.get("from"), turn.get("value")
-        if not isinstance(value, str):
-            raise PromptError(f"turn {i}: 'value' must be a string, got {type(value).__name__}")
-        if role in ("human", "user"):
-            text += _user(t, value, i == 0, system)
-        elif role in ("gpt", "assistant"):
-            text += _assistant_head(t, None) + t.answer_lead
-            start = len(text)
-            text += value + t.assistant_suffix
-            spans.append((start, len(text)))
-        else:
-            raise PromptError(f"turn {i}: 'from' must be human or gpt, got {role!r}")
-    if media_type is not None and MEDIA_TOKENS[media_type] not in text:
-        raise PromptError(f"conversation has {media_type} media but no {MEDIA_TOKENS[media_type]} token")
+        if _role(t, turn, i) == "user":
+            msg = token if t.media_only_user and token else turn["value"]
+            text += _user_turn(t, msg, i == 0, system)
+            continue
+        text += _assistant_head(t, turn.get("label")) + t.answer_lead
+        start = len(text)
+        text += turn["value"] + t.assistant_suffix
+        spans.append((start, len(text)))
+        if i < len(turns) - 1:
+            text += t.round_sep
+    found = _MEDIA_RE.findall(text)
+    if token is not None and found != [token]:
+        raise PromptError(f"a conversation with {media_type} media must hold one {token} token, found "
+                          f"{found or 'none'}")
     return text, spans
 
 
 def stop_strings(template: str) -> list[str]:
-    """Strings that end an answer for this template."""
+    """Strings that end an answer for this template (generation stops at them).
+
+    Args:
+        template: a name in TEMPLATES.
+    """
     return list(get_template(template).stop)
 
 
 def special_tokens(template: str) -> list[str]:
-    """Tokens a tokenizer must hold unsplit for this template (media tokens included)."""
-    return [*get_template(template).specials, *MEDIA_TOKENS.values()]
+    """Tokens a tokenizer must hold unsplit for this template, the media tokens included.
+
+    Args:
+        template: a name in TEMPLATES.
+    """
+    return list(dict.fromkeys([*get_template(template).specials, *MEDIA_TOKENS.values()]))
+
+
+_LABEL_LINE = re.compile(r"\A\s*<extra_id_2>[^\n]*\n")
 
 
 def clean_response(template: str, generated: str) -> str:
-    """NeMo's CLEAN RESPONSE, applied to the generated text (not the prompt).
+    """NeMo's "CLEAN RESPONSE": the answer alone, from the generated text or the whole text.
 
-    The answer after the last SteerLM label line (if the model wrote one), before the first stop
-    string, without the template's own markers, stripped.
+    Works on either the generated continuation or prompt + continuation: the answer starts after
+    the last of the template's answer markers (nv: "<extra_id_1>Assistant\\n" and then a SteerLM
+    label line; llama_2/mistral: "[/INST]"; llama_3: the assistant header; v1: "ASSISTANT:"), ends
+    at the first stop string, and is stripped of surrounding whitespace. NeMo strips "<extra_id_1>"
+    with str.strip, i.e. as a set of characters, which also eats answers' own end letters ("red"
+    → ""); the token is removed as a string here. NeMo matches only labels starting "quality:";
+    any label line is removed here.
+
+    Args:
+        template: a name in TEMPLATES.
+        generated: the decoded continuation (special tokens kept), or the prompt followed by it.
     """
     t = get_template(template)
-    text = generated
-    if t.style == "nv" and "<extra_id_2>" in text:
-        text = text.rsplit("<extra_id_2>", 1)[1]
-        text = text.split("\n", 1)[1] if "\n" in text else ""
-    if t.style == "llama_2" and "[/INST]" in text:
-        text = text.rsplit("[/INST]", 1)[1]
-    if t.style == "llama_3" and "assistant<|end_header_id|>\n\n" in text:
-        text = text.rsplit("assistant<|end_header_id|>\n\n", 1)[1]
-    if t.style == "vicuna" and "ASSISTANT:" in text:
-        text = text.rsplit("ASSISTANT:", 1)[1]
-    cut = min([i for i in (text.find(s) for s in t.stop if s) if i != -1] or [len(text)])
-    return text[:cut].strip()
+    ends = [at + len(m) for m in t.answer_markers for at in (generated.rfind(m),) if at != -1]
+    text = generated[max(ends):] if ends else generated
+    if t.label_line:
+        text = _LABEL_LINE.sub("", text, count=1)
+    cuts = [i for i in (text.find(s) for s in t.stop) if i != -1]
+    return text[: min(cuts)].strip() if cuts else text.strip()
 
 
 def format_seed_output(full_prompt: str, clean: str) -> str:
-    """The printed form of one answer, as in the seed: the prompt, then 'CLEAN RESPONSE: …'."""
+    """The printed form of one answer as in the seed: the prompt, then "CLEAN RESPONSE: <answer>".
+
+    Args:
+        full_prompt: the rendered prompt (it ends with a newline for the nv templates).
+        clean: clean_response() of the answer.
+    """
     return f"{full_prompt}CLEAN RESPONSE: {clean}"
 
 
 def num_media_tokens(num_frames: int, image_token_len: int) -> int:
-    """Media positions of one item: frames × tokens per frame (the only place this is computed)."""
+    """Positions one media item takes in the prompt: frames × tokens per frame (computed only here).
+
+    Args:
+        num_frames: frames of a video (1 for an image).
+        image_token_len: tokens per frame after the projector, e.g. (224 // 14) ** 2 = 256.
+    """
+    if num_frames < 1 or image_token_len < 1:
+        raise PromptError(f"num_frames and image_token_len must be >= 1, got {num_frames} and {image_token_len}")
     return num_frames * image_token_len
 
 
 @dataclass
 class TokenizedPrompt:
+    """Token ids of a prompt with its media positions; labels only when loss spans were given."""
+
     input_ids: list[int]
-    media_positions: list[int] = field(default_factory=list)
-    labels: Optional[list[int]] = None
+    media_positions: list[int] = field(default_factory=list)  # indices into input_ids, contiguous
+    labels: Optional[list[int]] = None                         # same length as input_ids; IGNORE_INDEX = no loss
 
 
 def tokenize_with_media(tokenizer, prompt: str, num_media_tokens: int, media_token_id: int, add_bos: bool,
                         spans: Optional[list[tuple[int, int]]] = None) -> TokenizedPrompt:
-    """Tokenize text around its media token and put num_media_tokens media ids where it stood.
+    """Tokenize the text around its media token and put num_media_tokens media ids where it stood.
+
+    A prompt holds one media item at most: more than one <image>/<video> token is an error, as is a
+    media item without a token (set insert_media_token) or a token without a media item. Each text
+    piece is tokenized on its own, so the tokenizer needs no media token of its own.
 
     Args:
-        tokenizer: a fast tokenizer holding the template's special tokens.
-        prompt: text with at most one <image>/<video> token.
-        num_media_tokens: media positions to insert (0 for text-only prompts).
-        media_token_id: id written at media positions (callers may replace them by fake ids).
-        add_bos: prepend the tokenizer's BOS id.
-        spans: character spans that carry loss; when given, labels are returned (-100 elsewhere).
+        tokenizer: a fast tokenizer (offsets are needed when spans are given).
+        prompt: rendered text.
+        num_media_tokens: positions of the media item (see num_media_tokens()); 0 = no media.
+        media_token_id: id written at media positions (callers may swap them for fake ids).
+        add_bos: prepend the tokenizer's BOS id, unless the text already starts with the BOS token
+            (mistral, llama_3 carry their own).
+        spans: character spans of the prompt that carry loss; labels are then the ids inside a span
+            (a token that overlaps a span, e.g. " red" for an answer "red") and IGNORE_INDEX elsewhere.
     """
-    pieces, pos = [], 0  # (start_char, text) pieces between media tokens
-    media_at = sorted((prompt.find(tok), tok) for tok in MEDIA_TOKENS.values() if tok in prompt)
-    count = sum(prompt.count(tok) for tok in MEDIA_TOKENS.values())
-    if count > 1:
-        raise PromptError(f"the prompt holds {count} media tokens; one media item per prompt is supported")
-    if num_media_tokens and not media_at:
+    found = list(_MEDIA_RE.finditer(prompt))
+    if len(found) > 1:
+        raise PromptError(f"more media tokens than media items: the prompt holds {len(found)} media tokens "
+                          f"({', '.join(m.group() for m in found)}) and one media item is supported per prompt")
+    if num_media_tokens and not found:
         raise PromptError("the prompt has no <video>/<image> token for its media; put one in the text or set "
                           "inference.insert_media_token=left|right")
-    if media_at and not num_media_tokens:
-        raise PromptError(f"the prompt holds {media_at[0][1]} but the line has no media")
-    for at, tok in media_at:
-        pieces.append((pos, prompt[pos:at]))
-        pos = at + len(tok)
-    pieces.append((pos, prompt[pos:]))
+    if found and not num_media_tokens:
+        raise PromptError(f"the prompt holds {found[0].group()} but its line has no media (0 media positions)")
+    cut = [(0, found[0].start()), (found[0].end(), len(prompt))] if found else [(0, len(prompt))]
     ids, labels, media_positions = [], [], []
-    if add_bos:
+    bos = getattr(tokenizer, "bos_token", None)
+    if add_bos and not (bos and prompt.startswith(bos)):
         if tokenizer.bos_token_id is None:
             raise PromptError("inference.add_BOS=true but the tokenizer has no BOS token")
         ids.append(tokenizer.bos_token_id)
         labels.append(IGNORE_INDEX)
-    for k, (start, piece) in enumerate(pieces):
-        if k > 0:
-            media_positions.extend(range(len(ids), len(ids) + num_media_tokens))
+    for k, (start, end) in enumerate(cut):
+        if k == 1:  # where the media token stood
+            media_positions = list(range(len(ids), len(ids) + num_media_tokens))
             ids.extend([media_token_id] * num_media_tokens)
             labels.extend([IGNORE_INDEX] * num_media_tokens)
-        if not piece:
+        if start == end:
             continue
-        enc = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=spans is not None)
+        enc = tokenizer(prompt[start:end], add_special_tokens=False, return_offsets_mapping=spans is not None)
         ids.extend(enc["input_ids"])
         if spans is not None:
             for tid, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]):
-                a, b = a + start, b + start
-                inside = any(a < e and b > s for s, e in spans)  # token overlaps a loss span
+                inside = any(a + start < e and b + start > s for s, e in spans)
                 labels.append(tid if inside else IGNORE_INDEX)
     return TokenizedPrompt(ids, media_positions, labels if spans is not None else None)
