@@ -10,7 +10,8 @@ from videoneva.errors import VideoNevaError
 # name -> ("module:function", one-line help). Each function takes argv (list[str]) and returns
 # an exit code. Modules are imported lazily so `videoneva --help` stays fast.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "infer": ("videoneva.infer:main", "run the seed's inference job (prompt_file -> output_file)"),
+    "infer": ("videoneva.infer:main", "run the seed's inference job (prompt_file -> output_file), in-process or against a server"),
+    "serve": ("videoneva.serving.serve:main", "serve an engine directory with Triton Inference Server over gRPC"),
     "train": ("videoneva.train.loop:main", "finetune or train from scratch (pretrain | finetune stages, LoRA)"),
     "build": ("engine_build.build:main", "checkpoint -> engine directory (ONNX/TensorRT vision, AWQ TensorRT-LLM)"),
     "convert": ("videoneva.checkpoint.convert:main", "convert a HF LLaVA dir or .nemo archive to the native format"),

@@ -176,6 +176,13 @@ class InferConfig:
     tensor_model_parallel_size: int = _help("TP size (engine builds; the torch backend runs on one device)", default=1)
     pipeline_model_parallel_size: int = _help("PP size (engine builds; the torch backend runs on one device)", default=1)
     megatron_amp_O2: bool = _help("accepted for NeMo configs; no effect", default=False)
+    server_url: Optional[str] = _help("HOST:PORT of a `videoneva serve` gRPC endpoint: ask it instead of loading a model", default=None)
+    concurrency: int = _help("with server_url: requests in flight at once", default=1)
+    stream: bool = _help("with server_url: stream tokens (answers printed as they arrive when concurrency=1)", default=False)
+    request_timeout: float = _help("with server_url: seconds one attempt of a request may take", default=300.0)
+    retries: int = _help("with server_url: further attempts after a transient failure (backoff doubles from 0.5 s)", default=3)
+    server_media: str = _help("with server_url: send media as `bytes` (read here, under media_base_path) or as a "
+                              "`path` under the server's media_root", default="bytes")
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
@@ -184,7 +191,11 @@ class InferConfig:
     def __post_init__(self) -> None:
         _positive("tensor_model_parallel_size", self.tensor_model_parallel_size)
         _positive("pipeline_model_parallel_size", self.pipeline_model_parallel_size)
+        _positive("concurrency", self.concurrency)
         _choice("device", self.device, ("auto", "cpu", "cuda"))
+        _choice("server_media", self.server_media, ("bytes", "path"))
+        if self.retries < 0 or self.request_timeout <= 0:
+            raise ConfigError("retries must be >= 0 and request_timeout > 0")
 
 
 def _flat_keys(schema: type, prefix: str = "") -> list[str]:

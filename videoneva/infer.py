@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from tqdm import tqdm
@@ -26,7 +27,11 @@ prompt_file lines: {"video"|"image": path under media_base_path, "text": …, "c
 fields plus prompt, full_text, raw_response, pred_answer (the clean response), model_id,
 answer_id, metadata, and `error` when that line failed. resume=true skips answered question_ids.
 Exit status: 0 if every line succeeded, 1 if any line failed (a summary names them), 2 on a
-configuration or checkpoint error. `config=FILE.yaml` loads defaults from a YAML file."""
+configuration or checkpoint error. `config=FILE.yaml` loads defaults from a YAML file.
+
+Against a server (`videoneva serve`): server_url=HOST:PORT [concurrency=N stream=true
+server_media=bytes|path request_timeout=S retries=N]; no model is loaded here. The model_id
+written is the server's model id."""
 
 
 def output_record(line: PromptLine, model_id: str, answer: Any = None, error: str | None = None) -> dict:
@@ -34,7 +39,7 @@ def output_record(line: PromptLine, model_id: str, answer: Any = None, error: st
     rec = dict(line.record)
     rec["question_id"] = line.question_id
     rec["line"] = line.line_no
-    rec["model_id"] = model_id
+    rec["model_id"] = model_id or (answer.model_id if answer is not None else None) or ""
     rec["answer_id"] = uuid.uuid4().hex
     if answer is not None:
         rec.update(prompt=answer.prompt, full_text=answer.prompt + answer.raw_response,
@@ -47,29 +52,85 @@ def output_record(line: PromptLine, model_id: str, answer: Any = None, error: st
     return rec
 
 
-def run_lines(lines: list[PromptLine], writer: ResultWriter, answer_fn, model_id: str, print_answers: bool) -> list[tuple]:
-    """Answer each pending line with answer_fn(line) -> Answer; returns [(line_no, qid, error)] of failures."""
+def run_lines(lines: list[PromptLine], writer: ResultWriter, answer_fn, model_id: str, print_answers: bool,
+              concurrency: int = 1) -> list[tuple]:
+    """Answer each pending line with answer_fn(line) -> Answer; returns [(line_no, qid, error)] of failures.
+
+    With concurrency > 1, lines run on that many threads and are written as they complete.
+    """
     failures = []
     pending = [ln for ln in lines if ln.error is not None or not writer.is_done(ln.question_id)]
     skipped = len(lines) - len(pending)
     if skipped:
         log.info("resume: %d of %d lines already answered in %s", skipped, len(lines), writer.path)
-    for line in tqdm(pending, desc="infer", unit="q", file=sys.stderr, dynamic_ncols=True):
+
+    def one(line: PromptLine):
         if line.error is not None:
-            writer.write(output_record(line, model_id, error=line.error))
-            failures.append((line.line_no, line.question_id, line.error))
-            continue
+            return line, None, line.error
         try:
-            ans = answer_fn(line)
+            return line, answer_fn(line), None
         except VideoNevaError as exc:
-            msg = f"line {line.line_no}: {exc}"
-            writer.write(output_record(line, model_id, error=msg))
-            failures.append((line.line_no, line.question_id, msg))
-            continue
+            return line, None, f"line {line.line_no}: {exc}"
+
+    def record(line: PromptLine, ans, err) -> None:
+        if err is not None:
+            writer.write(output_record(line, model_id, error=err))
+            failures.append((line.line_no, line.question_id, err))
+            return
         writer.write(output_record(line, model_id, answer=ans))
         if print_answers:
             tqdm.write(prompts.format_seed_output(ans.prompt, ans.clean_response), file=sys.stdout)
+
+    bar = tqdm(total=len(pending), desc="infer", unit="q", file=sys.stderr, dynamic_ncols=True)
+    with bar:
+        if concurrency <= 1:
+            for line in pending:
+                record(*one(line))
+                bar.update()
+        else:
+            with ThreadPoolExecutor(max_workers=concurrency) as pool:
+                for fut in as_completed([pool.submit(one, line) for line in pending]):
+                    record(*fut.result())
+                    bar.update()
     return failures
+
+
+def remote_answer_fn(cfg: InferConfig):
+    """answer_fn for `server_url=`: each line goes to the server over gRPC (media as bytes or a path)."""
+    from videoneva.media.sources import MediaRoot
+    from videoneva.runtime.pipeline import Answer
+    from videoneva.serving.client import Client
+
+    client = Client(cfg.server_url, timeout=cfg.request_timeout, retries=cfg.retries)
+    root = MediaRoot(cfg.inference.media_base_path) if cfg.server_media == "bytes" else None
+    inf = cfg.inference
+    insert = inf.insert_media_token or "none"
+
+    def answer(line: PromptLine):
+        media = {}
+        if line.media_type is not None:
+            media["media_type"] = line.media_type
+            if root is not None:
+                media["media_bytes"] = root.read_bytes(line.media_path)
+            else:
+                media["media_path"] = line.media_path
+        seed = None if inf.greedy else inf.seed + line.line_no - 1
+        on_delta = None
+        if cfg.stream and cfg.concurrency == 1 and cfg.print_answers:
+            def on_delta(text: str) -> None:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+        result = client.answer(
+            line.text, on_delta=on_delta, request_id=str(line.question_id), end_strings=list(inf.end_strings),
+            insert_media_token=insert, max_tokens=inf.tokens_to_generate, min_tokens=inf.min_tokens_to_generate,
+            greedy=inf.greedy, temperature=inf.temperature, top_k=inf.top_k, top_p=inf.top_p,
+            repetition_penalty=inf.repetition_penalty, seed=seed, return_log_probs=inf.all_probs or inf.compute_logprob,
+            **media)
+        if on_delta is not None:
+            sys.stdout.write("\n")
+        return Answer(**result)
+
+    return client, answer
 
 
 def report_failures(failures: list[tuple], total: int, output_file: str) -> int:
@@ -93,6 +154,12 @@ def main(argv: list[str]) -> int:
     lines = read_prompt_file(cfg.prompt_file, cfg.inference.media_type)
     writer = ResultWriter(cfg.output_file, resume=cfg.resume, overwrite=cfg.overwrite)
 
+    if cfg.server_url:
+        client, answer = remote_answer_fn(cfg)
+        with writer, client:
+            failures = run_lines(lines, writer, answer, cfg.model_id, cfg.print_answers, cfg.concurrency)
+        return report_failures(failures, len(lines), cfg.output_file)
+
     from videoneva.runtime.loader import build_pipeline  # heavy imports after the cheap checks
 
     pipe = build_pipeline(cfg)
@@ -106,5 +173,5 @@ def main(argv: list[str]) -> int:
         return pipe.answer(Request(line.text, line.media_type, line.media_path), sampling)
 
     with writer:
-        failures = run_lines(lines, writer, answer, pipe.settings.model_id, cfg.print_answers)
+        failures = run_lines(lines, writer, answer, pipe.settings.model_id, cfg.print_answers, cfg.concurrency)
     return report_failures(failures, len(lines), cfg.output_file)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
@@ -19,7 +19,7 @@ from videoneva.errors import CheckpointError, ConfigError
 from videoneva.media.settings import MediaSettings
 from videoneva.media.sources import MediaRoot
 from videoneva.runtime.cache import FeatureCache
-from videoneva.runtime.pipeline import Pipeline, PipelineSettings
+from videoneva.runtime.pipeline import Front, Pipeline, PipelineSettings
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +75,11 @@ def load_engine_llm(d: Path, manifest: dict, precision: str, llm_source: Optiona
     return model.to(dtype).eval()
 
 
-def pipeline_from_engine_dir(engine_dir: Path, cfg: InferConfig, cache_bytes: int = 256 * 2**20) -> Pipeline:
-    """ONNX Runtime vision encoder + torch LLM (or the TensorRT ones on a GPU machine)."""
-    from videoneva.runtime.onnx_backend import OnnxVisionEncoder
-    from videoneva.runtime.torch_backend import TorchLanguageModel
+def engine_settings(d: Path, cfg: InferConfig) -> tuple[dict, dict, PipelineSettings, Any, MediaRoot]:
+    """(manifest, media.json, PipelineSettings, tokenizer, media root) of an engine dir, with cfg's overrides.
 
-    d = Path(engine_dir)
+    Reads no weights: the Triton preprocess/postprocess models need only this.
+    """
     manifest, media = read_engine_dir(d)
     s = CheckpointSettings.from_dict(media["settings"])
     tok = AutoTokenizer.from_pretrained(d / "tokenizer")
@@ -90,8 +89,6 @@ def pipeline_from_engine_dir(engine_dir: Path, cfg: InferConfig, cache_bytes: in
                           f"{s.frame_token_pool}; rebuild the engine to change it")
     if dd.image_token_len not in (None, media["image_token_len"]):
         raise ConfigError(f"data.image_token_len={dd.image_token_len} conflicts with the engine's {media['image_token_len']}")
-    vision = OnnxVisionEncoder(d / "vision" / "vision.onnx", media["image_token_len"], media["hidden_size"])
-    llm = TorchLanguageModel(load_engine_llm(d, manifest, cfg.trainer.precision), tok, media["image_token_id"])
     ms = MediaSettings(
         media_type=dd.media_type or cfg.inference.media_type or s.media_type,
         num_frames=dd.num_frames if dd.num_frames is not None else s.num_frames,
@@ -104,4 +101,28 @@ def pipeline_from_engine_dir(engine_dir: Path, cfg: InferConfig, cache_bytes: in
                                 insert_media_token=cfg.inference.insert_media_token, add_bos=cfg.inference.add_BOS,
                                 model_id=cfg.model_id or s.model_id)
     root = cfg.inference.media_base_path or dd.video_folder or dd.image_folder
-    return Pipeline(vision, llm, tok, settings, MediaRoot(root), FeatureCache(cache_bytes))
+    return manifest, media, settings, tok, MediaRoot(root)
+
+
+def engine_front(engine_dir: str | Path, cfg: InferConfig) -> Front:
+    """The weight-free request stages (media, prompt ids, detokenizing) of an engine directory."""
+    d = Path(engine_dir)
+    _, media, settings, tok, root = engine_settings(d, cfg)
+    llm_config = d / "llm" / "torch" / "config.json"
+    if not llm_config.is_file():
+        raise CheckpointError(f"{llm_config} is missing; rebuild the engine directory")
+    lc = json.loads(llm_config.read_text())
+    return Front(settings, tok, root, int(lc["vocab_size"]), int(media["image_token_id"]),
+                 int(lc["max_position_embeddings"]))
+
+
+def pipeline_from_engine_dir(engine_dir: Path, cfg: InferConfig, cache_bytes: int = 256 * 2**20) -> Pipeline:
+    """ONNX Runtime vision encoder + torch LLM (or the TensorRT ones on a GPU machine)."""
+    from videoneva.runtime.onnx_backend import OnnxVisionEncoder
+    from videoneva.runtime.torch_backend import TorchLanguageModel
+
+    d = Path(engine_dir)
+    manifest, media, settings, tok, root = engine_settings(d, cfg)
+    vision = OnnxVisionEncoder(d / "vision" / "vision.onnx", media["image_token_len"], media["hidden_size"])
+    llm = TorchLanguageModel(load_engine_llm(d, manifest, cfg.trainer.precision), tok, media["image_token_id"])
+    return Pipeline(vision, llm, tok, settings, root, FeatureCache(cache_bytes))

@@ -1,0 +1,172 @@
+"""Against a live tritonserver over gRPC: answers equal the in-process pipeline's, streaming, concurrency,
+the feature cache, and bad input that fails only its own request."""
+from __future__ import annotations
+
+import re
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from tests.serving.conftest import MAX_MEDIA_BYTES, MAX_TOKENS
+from videoneva import prompts
+from videoneva.generation import SamplingSettings
+from videoneva.runtime.pipeline import Request
+
+N_TOKENS = 12
+
+
+def local_answer(pipe, text, media_type=None, media_bytes=None, media_path=None, n=N_TOKENS):
+    sampling = SamplingSettings(tokens_to_generate=n, greedy=True, repetition_penalty=1.0,
+                                end_strings=prompts.stop_strings(pipe.settings.template))
+    return pipe.answer(Request(text, media_type, media_path, media_bytes, "left"), sampling)
+
+
+def remote(client, text, n=N_TOKENS, **kw):
+    return client.answer(text, max_tokens=n, greedy=True, repetition_penalty=1.0, insert_media_token="left", **kw)
+
+
+def good_request(client, media_dir):
+    out = remote(client, "Is the server still fine?", media_type="video", media_bytes=(media_dir / "clip.mp4").read_bytes())
+    assert out["token_ids"], out
+
+
+@pytest.mark.parametrize("name,media_type", [("clip.mp4", "video"), ("clip.webm", "video"), ("still.png", "image")])
+def test_greedy_answers_equal_the_in_process_pipeline(client, local_pipeline, media_dir, name, media_type):
+    data = (media_dir / name).read_bytes()
+    got = remote(client, "What is in it?", media_type=media_type, media_bytes=data)
+    want = local_answer(local_pipeline, "What is in it?", media_type, media_bytes=data)
+    assert got["token_ids"] == want.token_ids
+    assert got["raw_response"] == want.raw_response and got["clean_response"] == want.clean_response
+    assert got["prompt"] == want.prompt
+    assert got["media"]["num_frames"] == want.media["num_frames"]
+    assert got["model_id"] == "tiny-videoneva"
+
+
+def test_media_path_under_the_server_root_and_text_only(client, local_pipeline):
+    got = remote(client, "Describe it.", media_type="video", media_path="clip.mp4")
+    want = local_answer(local_pipeline, "Describe it.", "video", media_path="clip.mp4")
+    assert got["token_ids"] == want.token_ids
+    got = remote(client, "Just text.")
+    want = local_answer(local_pipeline, "Just text.")
+    assert got["token_ids"] == want.token_ids and got["media"] == {}
+
+
+def test_streaming_yields_text_before_the_end(client, media_dir):
+    pieces, times = [], []
+
+    def on_delta(text):
+        pieces.append(text)
+        times.append(time.perf_counter())
+
+    out = client.answer("Stream please.", on_delta=on_delta, max_tokens=MAX_TOKENS, min_tokens=MAX_TOKENS // 2,
+                        greedy=True, insert_media_token="left", media_type="video",
+                        media_bytes=(media_dir / "clip.webm").read_bytes())
+    done = time.perf_counter()
+    assert len(pieces) >= 2, pieces
+    assert times[0] < done
+    assert "".join(pieces) == out["raw_response"]
+    assert out["timings"]["first_token_s"] < out["timings"]["total_s"]
+
+
+def test_32_concurrent_requests_all_succeed(client, local_pipeline, media_dir):
+    names = ["clip.mp4", "clip.webm", "clip.avi", "still.png"]
+    jobs = [(f"Question number {i}?", names[i % 4]) for i in range(32)]
+
+    def ask(job):
+        text, name = job
+        mt = "image" if name.endswith(".png") else "video"
+        return remote(client, text, n=6, media_type=mt, media_bytes=(media_dir / name).read_bytes())
+
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(ask, jobs))
+    assert len(results) == 32
+    for (text, name), got in zip(jobs[:4], results[:4]):
+        mt = "image" if name.endswith(".png") else "video"
+        want = local_answer(local_pipeline, text, mt, media_bytes=(media_dir / name).read_bytes(), n=6)
+        assert got["token_ids"] == want.token_ids
+
+
+def _metric(server, name):
+    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    values = [float(m.group(1)) for m in re.finditer(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.M)]
+    return sum(values) if values else None
+
+
+def test_a_repeated_video_is_a_cache_hit(client, server, media_dir):
+    data = (media_dir / "clip.avi").read_bytes() + b""  # a video no other test sends as bytes first
+    hits_before = _metric(server, "videoneva_feature_cache_hits_total") or 0
+    first = remote(client, "First question?", media_type="video", media_bytes=data)
+    second = remote(client, "A second question?", media_type="video", media_bytes=data)
+    assert second["media"]["cache"] == "hit"
+    assert second["media"]["content_hash"] == first["media"]["content_hash"]
+    assert "encode_s" not in second["media"]
+    assert _metric(server, "videoneva_feature_cache_hits_total") >= hits_before + 1
+    assert _metric(server, "videoneva_feature_cache_bytes") > 0
+
+
+def _raw_infer(server, inputs):
+    """Send hand-made tensors (tritonclient directly), return the error text or None."""
+    import tritonclient.grpc as grpcclient
+
+    c = grpcclient.InferenceServerClient(server.grpc_url)
+    box, done = {}, threading.Event()
+
+    def cb(result, error):
+        if error is not None:
+            box["error"] = str(error)
+            done.set()
+        elif result.as_numpy("result_json") is not None:
+            done.set()
+
+    c.start_stream(callback=cb)
+    try:
+        c.async_stream_infer("videoneva", inputs)
+        assert done.wait(60)
+    finally:
+        c.stop_stream()
+        c.close()
+    return box.get("error")
+
+
+def _input(name, arr, dtype):
+    import tritonclient.grpc as grpcclient
+
+    i = grpcclient.InferInput(name, list(arr.shape), dtype)
+    i.set_data_from_numpy(arr)
+    return i
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("corrupt video", r"random\.mp4|decod|video"),
+    ("outside the media root", r"outside|\.\."),
+    ("too many tokens", rf"max_tokens.*1\.\.{MAX_TOKENS}"),
+    ("oversized media", rf"limit is {MAX_MEDIA_BYTES}"),
+    ("bad media type", r"media_type"),
+])
+def test_bad_requests_get_a_clear_error_and_the_server_answers_the_next(client, media_dir, case, expect):
+    from videoneva.serving import RequestFailed
+
+    kw = {"corrupt video": dict(media_type="video", media_bytes=(media_dir / "random.mp4").read_bytes()),
+          "outside the media root": dict(media_type="video", media_path="../etc/passwd"),
+          "too many tokens": dict(media_type="video", media_path="clip.mp4", n=MAX_TOKENS + 1),
+          "oversized media": dict(media_type="video", media_bytes=b"\0" * (MAX_MEDIA_BYTES + 1)),
+          "bad media type": dict(media_type="audio", media_path="clip.mp4")}[case]
+    with pytest.raises(RequestFailed, match=expect):
+        remote(client, "Will this fail?", **kw)
+    good_request(client, media_dir)
+
+
+def test_missing_and_mistyped_tensors_are_refused_by_triton(server, client, media_dir):
+    media = _input("media_type", np.array([b"video"], dtype=object), "BYTES")
+    err = _raw_infer(server, [media])  # no text_input
+    assert err and "text_input" in err
+    err = _raw_infer(server, [_input("text_input", np.array([1, 2, 3], np.int32), "INT32")])
+    assert err and "text_input" in err and ("INT32" in err or "data type" in err.lower())
+    err = _raw_infer(server, [_input("text_input", np.array([b"hi"], dtype=object), "BYTES"),
+                              _input("no_such_input", np.array([1], np.int32), "INT32")])
+    assert err and "no_such_input" in err
+    good_request(client, media_dir)

@@ -1,0 +1,199 @@
+"""`videoneva.serving.Client`: ask the `videoneva` Triton model over gRPC (tritonclient), with streaming.
+
+    from videoneva.serving import Client
+    with Client("127.0.0.1:8001") as c:
+        result = c.answer("What color is the shape?", media_type="video",
+                          media_bytes=open("clip.mp4", "rb").read(), max_tokens=32)
+        print(result["clean_response"])
+        c.answer("Describe the video.", media_type="video", media_bytes=…, on_delta=print)  # streams
+
+The model is decoupled, so every call goes through a gRPC stream. A call is retried with
+exponential backoff when the server is unreachable or the stream breaks (the server restarting,
+a timeout); a request the server refuses (bad media, bad values) is not retried and raises
+RequestFailed with the server's message. One Client can be shared by threads: each thread gets
+its own gRPC connection.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+from videoneva.errors import VideoNevaError
+from videoneva.serving.protocol import INPUTS, MODEL_NAME, string_tensor
+
+
+class RequestFailed(VideoNevaError):
+    """The server answered this request with an error (not retried)."""
+
+
+class ServerUnavailable(VideoNevaError):
+    """The server could not be reached, or broke off, on every attempt."""
+
+
+# gRPC status codes worth another attempt: the server is (re)starting, overloaded or went away.
+TRANSIENT = ("UNAVAILABLE", "CANCELLED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "UNKNOWN")
+
+
+def _is_transient(exc: Exception) -> bool:
+    status = str(getattr(exc, "status", lambda: "")() or "")
+    text = str(exc)
+    return any(code in status for code in TRANSIENT) or "Socket closed" in text or "failed to connect" in text.lower()
+
+
+class Client:
+    """A gRPC client of a `videoneva serve` server.
+
+    Args:
+        url: HOST:PORT of the gRPC endpoint.
+        timeout: seconds one attempt may take (connect to final response).
+        retries: further attempts after a transient failure.
+        backoff: seconds before the first retry; doubles each time.
+        model: the entry model's name.
+    """
+
+    def __init__(self, url: str, timeout: float = 300.0, retries: int = 3, backoff: float = 0.5,
+                 model: str = MODEL_NAME):
+        self.url, self.timeout, self.retries, self.backoff, self.model = url, timeout, retries, backoff, model
+        self._local = threading.local()
+        self._all: list = []
+        self._lock = threading.Lock()
+
+    def _grpc(self):
+        c = getattr(self._local, "client", None)
+        if c is None:
+            import tritonclient.grpc as grpcclient
+
+            c = self._local.client = grpcclient.InferenceServerClient(self.url)
+            with self._lock:
+                self._all.append(c)
+        return c
+
+    def ready(self) -> bool:
+        try:
+            return bool(self._grpc().is_model_ready(self.model))
+        except Exception:  # noqa: BLE001  not reachable = not ready
+            return False
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if time.monotonic() > deadline:
+                raise ServerUnavailable(f"{self.url}: model {self.model!r} not ready after {timeout:.0f} s")
+            time.sleep(0.25)
+
+    @staticmethod
+    def inputs(text: str, media_type: Optional[str] = None, media_bytes: Optional[bytes] = None,
+               media_path: Optional[str] = None, end_strings: Optional[list[str]] = None,
+               insert_media_token: Optional[str] = None, stream: bool = False, **sampling) -> dict[str, np.ndarray]:
+        """The request's tensors. sampling: max_tokens, min_tokens, greedy, temperature, top_k, top_p,
+        repetition_penalty, seed, return_log_probs (None values are left out: the server's defaults)."""
+        t: dict[str, np.ndarray] = {"text_input": string_tensor(text), "stream": np.array([stream])}
+        if media_type is not None:
+            t["media_type"] = string_tensor(media_type)
+        if media_bytes is not None:
+            t["media_bytes_input"] = np.frombuffer(media_bytes, np.uint8)
+        if media_path is not None:
+            t["media_path"] = string_tensor(media_path)
+        if end_strings:
+            t["end_strings"] = string_tensor(*end_strings)
+        if insert_media_token is not None:
+            t["insert_media_token"] = string_tensor(insert_media_token)
+        for name, value in sampling.items():
+            if name not in INPUTS:
+                raise TypeError(f"unknown request setting {name!r}; valid: {sorted(INPUTS)}")
+            if value is not None:
+                t[name] = np.array([value], dtype=INPUTS[name][1])
+        return t
+
+    def answer(self, text: str, *, on_delta: Optional[Callable[[str], None]] = None, request_id: str = "",
+               **kwargs) -> dict:
+        """Answer one question; returns the server's result (prompt, raw_response, clean_response,
+        token_ids, finish_reason, logprobs, tokens, media, timings, model_id).
+
+        on_delta: called with each text piece as it streams (the request is sent with stream=true).
+        Raises RequestFailed (the server refused it) or ServerUnavailable (after the retries).
+        """
+        tensors = self.inputs(text, stream=on_delta is not None, **kwargs)
+        delay, last = self.backoff, None
+        for attempt in range(self.retries + 1):
+            try:
+                return self._once(tensors, on_delta, request_id)
+            except RequestFailed:
+                raise
+            except Exception as exc:  # noqa: BLE001  transport trouble: retry
+                if not _is_transient(exc) and not isinstance(exc, (TimeoutError, ServerUnavailable)):
+                    raise RequestFailed(str(exc)) from None
+                last = exc
+                if attempt < self.retries:
+                    time.sleep(delay)
+                    delay *= 2
+                    self._reset()
+        raise ServerUnavailable(f"{self.url}: no answer after {self.retries + 1} attempts: {last}")
+
+    def _once(self, tensors: dict[str, np.ndarray], on_delta, request_id: str) -> dict:
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import np_to_triton_dtype
+
+        inputs = []
+        for name, arr in tensors.items():
+            i = grpcclient.InferInput(name, list(arr.shape), "BYTES" if arr.dtype == object else np_to_triton_dtype(arr.dtype))
+            i.set_data_from_numpy(arr)
+            inputs.append(i)
+        done, box = threading.Event(), {}
+
+        def callback(result, error):
+            if error is not None:
+                box["error"] = error
+                done.set()
+                return
+            final = result.as_numpy("result_json")
+            if final is not None:
+                box["result"] = json.loads(final.reshape(-1)[0].decode("utf-8"))
+                done.set()
+            elif on_delta is not None:
+                text = result.as_numpy("text_output")
+                if text is not None and text.size:
+                    on_delta(text.reshape(-1)[0].decode("utf-8"))
+
+        c = self._grpc()
+        c.start_stream(callback=callback, stream_timeout=self.timeout)
+        try:
+            c.async_stream_infer(self.model, inputs, request_id=request_id)
+            if not done.wait(self.timeout):
+                raise TimeoutError(f"no final response within {self.timeout:.0f} s")
+        finally:
+            c.stop_stream(cancel_requests=not done.is_set())
+        if "error" in box:
+            err = box["error"]
+            if _is_transient(err):
+                raise err
+            raise RequestFailed(str(err.message() if hasattr(err, "message") else err))
+        return box["result"]
+
+    def _reset(self) -> None:
+        c = getattr(self._local, "client", None)
+        if c is not None:
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._local.client = None
+
+    def close(self) -> None:
+        with self._lock:
+            for c in self._all:
+                try:
+                    c.close()
+                except Exception:  # noqa: BLE001
+                    pass
+            self._all.clear()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,252 @@
+"""Start and stop a real `tritonserver` on a rendered model repository (CPU: the nvidia-pytriton wheel's).
+
+What the wheel's server needs on CPU (checked in ../shared/reference/FINDINGS.md): a backend
+directory `python/{libtriton_python.so, triton_python_backend_utils.py, triton_python_backend_stub}`
+with the stub for this interpreter's version; LD_LIBRARY_PATH starting with this interpreter's
+LIBDIR (else the stub loads the system libpython) and then the wheel's `nvidia_pytriton.libs`;
+explicit --grpc-address/--http-address/--metrics-address, since the default is 0.0.0.0.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+from videoneva.errors import VideoNevaError
+
+log = logging.getLogger(__name__)
+
+
+class ServeError(VideoNevaError):
+    """The server cannot start (binary missing, port taken, model failed to load) or stopped."""
+
+
+def _pytriton_dir() -> Optional[Path]:
+    try:
+        import pytriton  # noqa: F401  (only its files are used)
+    except ImportError:
+        return None
+    return Path(pytriton.__file__).resolve().parent / "tritonserver"
+
+
+def find_tritonserver() -> Path:
+    """$VIDEONEVA_TRITONSERVER, the nvidia-pytriton wheel's binary, or `tritonserver` on PATH."""
+    env = os.environ.get("VIDEONEVA_TRITONSERVER")
+    candidates = [Path(env)] if env else []
+    pt = _pytriton_dir()
+    if pt is not None:
+        candidates.append(pt / "bin" / "tritonserver")
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        candidates.append(Path(on_path))
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return c
+    raise ServeError("tritonserver not found: install the serve extra (`pip install nvidia-pytriton`), put "
+                     "tritonserver on PATH, or set VIDEONEVA_TRITONSERVER=/path/to/tritonserver")
+
+
+def assemble_backend_dir(dst: Path, server: Path) -> Path:
+    """A --backend-directory holding the python backend with this interpreter's stub.
+
+    A server from a Triton container (not the wheel) brings its own backends: use those.
+    """
+    pt = _pytriton_dir()
+    if pt is None or not str(server).startswith(str(pt)):
+        own = server.parent.parent / "backends"
+        if own.is_dir():
+            return own
+        raise ServeError(f"no backends directory next to {server} (expected {own})")
+    ver = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = pt / "python_backend_stubs" / ver / "triton_python_backend_stub"
+    lib = pt / "backends" / "python"
+    if not stub.is_file():
+        raise ServeError(f"the nvidia-pytriton wheel has no python backend stub for Python {ver} ({stub})")
+    py = dst / "python"
+    py.mkdir(parents=True, exist_ok=True)
+    for f in (lib / "libtriton_python.so", lib / "triton_python_backend_utils.py", stub):
+        shutil.copy2(f, py / f.name)
+    return dst
+
+
+def server_env(server: Path) -> dict:
+    """Environment for the server and its python stubs: libraries and import path of this venv."""
+    env = dict(os.environ)
+    libs = [sysconfig.get_config_var("LIBDIR") or ""]
+    pt = _pytriton_dir()
+    if pt is not None:
+        libs.append(str(pt.parent.parent / "nvidia_pytriton.libs"))
+    if env.get("LD_LIBRARY_PATH"):
+        libs.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libs if p)
+    paths = stub_python_path()
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    # The stub embeds Python, which finds its prefix through `python3` on PATH: with this venv's
+    # bin first it starts inside the venv (its numpy, not a system numpy 2.x that breaks the stub).
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2))))
+    return env
+
+
+def stub_python_path() -> list[str]:
+    """Import path for the python stubs: this package's root and this venv's site-packages.
+
+    The stub starts its interpreter without reading PYTHONPATH, so model.py puts these on
+    sys.path itself (the `python_path` model parameter).
+    """
+    import site
+
+    import videoneva
+
+    return [str(Path(videoneva.__file__).resolve().parents[1]), *site.getsitepackages()]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS says is free now (another process may still take it before we bind)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def check_port_free(host: str, port: int, key: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ServeError(f"{key}={port}: port {port} on {host} is not available ({exc.strerror}); "
+                             f"stop what uses it or pass {key}=<another port>") from None
+
+
+class TritonServer:
+    """One tritonserver process on a model repository; a context manager that always stops it.
+
+    Args:
+        model_repository: a rendered repository (see render.py).
+        host: address to bind all three endpoints to (127.0.0.1 unless told otherwise).
+        grpc_port, http_port, metrics_port: ports; 0 picks a free one.
+        log_file: where the server's stdout/stderr go (default: a temp file).
+    """
+
+    def __init__(self, model_repository: str | Path, host: str = "127.0.0.1", grpc_port: int = 8001,
+                 http_port: int = 8000, metrics_port: int = 8002, log_file: Optional[str | Path] = None,
+                 log_verbose: int = 0, binary: Optional[str | Path] = None):
+        self.repo = Path(model_repository)
+        self.host = host
+        self.grpc_port = grpc_port or free_port(host)
+        self.http_port = http_port or free_port(host)
+        self.metrics_port = metrics_port or free_port(host)
+        self.binary = Path(binary) if binary else find_tritonserver()
+        self.log_verbose = log_verbose
+        self._tmp = tempfile.TemporaryDirectory(prefix="videoneva-triton-")
+        self.log_file = Path(log_file) if log_file else Path(self._tmp.name) / "tritonserver.log"
+        self.proc: Optional[subprocess.Popen] = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    def command(self, backend_dir: Path) -> list[str]:
+        h = self.host
+        return [str(self.binary), f"--model-repository={self.repo}", f"--backend-directory={backend_dir}",
+                f"--grpc-address={h}", f"--grpc-port={self.grpc_port}",
+                f"--http-address={h}", f"--http-port={self.http_port}",
+                "--allow-metrics=true", "--allow-gpu-metrics=false", f"--metrics-address={h}",
+                f"--metrics-port={self.metrics_port}", f"--log-verbose={self.log_verbose}",
+                "--exit-on-error=true", "--strict-readiness=true", "--exit-timeout-secs=15"]
+
+    def start(self, timeout: float = 300.0) -> "TritonServer":
+        for key, port in (("grpc_port", self.grpc_port), ("http_port", self.http_port),
+                          ("metrics_port", self.metrics_port)):
+            check_port_free(self.host, port, key)
+        backend_dir = assemble_backend_dir(Path(self._tmp.name) / "backends", self.binary)
+        cmd = self.command(backend_dir)
+        log.info("starting %s", " ".join(cmd))
+        self._log_fh = open(self.log_file, "ab")
+        # own session: a Ctrl-C in the terminal reaches us, and we stop the server in order
+        self.proc = subprocess.Popen(cmd, stdout=self._log_fh, stderr=subprocess.STDOUT,
+                                     env=server_env(self.binary), start_new_session=True)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            lines = self.log_file.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.host}:{self.http_port}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ServeError(f"tritonserver exited with status {self.proc.returncode} while starting; "
+                                 f"last lines of {self.log_file}:\n{self.log_tail()}")
+            if self.is_ready():
+                return
+            time.sleep(0.25)
+        raise ServeError(f"tritonserver not ready after {timeout:.0f} s; last lines of {self.log_file}:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 30.0) -> Optional[int]:
+        """SIGTERM, wait, then SIGKILL the process group; returns the exit status."""
+        p = self.proc
+        if p is None:
+            return None
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver did not stop in %.0f s; killing it", timeout)
+                self._killpg()
+                p.wait(10)
+        self._killpg()  # python stubs left behind, if any
+        if getattr(self, "_log_fh", None):
+            self._log_fh.close()
+        return p.returncode
+
+    def kill(self) -> None:
+        """Kill the server at once (tests: a server that dies mid-run)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self._killpg()
+            self.proc.wait(10)
+
+    def _killpg(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def __enter__(self) -> "TritonServer":
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        self._tmp.cleanup()
