@@ -124,9 +124,7 @@ class Client:
                 return self._once(tensors, on_delta, request_id)
             except RequestFailed:
                 raise
-            except Exception as exc:  # noqa: BLE001  transport trouble: retry
-                if not _is_transient(exc) and not isinstance(exc, (TimeoutError, ServerUnavailable)):
-                    raise RequestFailed(str(exc)) from None
+            except Exception as exc:  # noqa: BLE001  transport trouble (no answer from the model): retry
                 last = exc
                 if attempt < self.retries:
                     time.sleep(delay)
@@ -167,10 +165,10 @@ class Client:
                 raise TimeoutError(f"no final response within {self.timeout:.0f} s")
         finally:
             c.stop_stream(cancel_requests=not done.is_set())
-        if "error" in box:
+        if "error" in box:  # the stream broke (transient), or the server refused the request
             err = box["error"]
             if _is_transient(err):
-                raise err
+                raise ServerUnavailable(str(err))
             raise RequestFailed(str(err.message() if hasattr(err, "message") else err))
         return box["result"]
 

@@ -1,0 +1,135 @@
+"""`videoneva serve`: readable errors before starting, a clean stop on SIGTERM, templates that agree with the code."""
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from videoneva.cli import main as cli
+from videoneva.errors import ConfigError
+from videoneva.serving import stages
+from videoneva.serving.protocol import INPUTS, OUTPUTS, RequestError, ServerLimits, parse_request, string_tensor
+from videoneva.serving.render import TEMPLATE_DIR, render_repository
+
+
+def test_incomplete_engine_directory_is_refused_before_starting(engine_dir, tmp_path, capsys):
+    broken = tmp_path / "engine"
+    shutil.copytree(engine_dir, broken)
+    (broken / "vision" / "vision.onnx").unlink()
+    assert cli(["serve", f"engine_dir={broken}", "grpc_port=0", "http_port=0", "metrics_port=0"]) == 2
+    err = capsys.readouterr().err
+    assert "incomplete engine directory" in err and "vision/vision.onnx" in err
+
+
+def test_a_taken_port_is_named(engine_dir, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert cli(["serve", f"engine_dir={engine_dir}", f"grpc_port={port}", "http_port=0", "metrics_port=0"]) == 2
+    assert f"grpc_port={port}" in capsys.readouterr().err
+
+
+def test_vision_batch_smaller_than_a_video_is_refused(engine_dir, capsys):
+    assert cli(["serve", f"engine_dir={engine_dir}", "vision_max_batch_frames=2", "grpc_port=0"]) == 2
+    assert "vision_max_batch_frames=2" in capsys.readouterr().err
+
+
+def test_serve_prints_the_endpoint_and_stops_cleanly_on_sigterm(engine_dir, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "videoneva.cli", "serve", f"engine_dir={engine_dir}", "grpc_port=0",
+                             "http_port=0", "metrics_port=0", "torch_threads=1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        ready = None
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if "videoneva serve: ready" in line:
+                ready = line
+                break
+        assert ready, "the server never reported ready"
+        url = re.search(r"grpc=(\S+)", ready).group(1)
+        assert url.startswith("127.0.0.1:")
+        from videoneva.serving import Client
+
+        with Client(url, retries=0) as c:
+            assert c.ready()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        rest = proc.stdout.read()
+        assert "stopping" in rest
+        with Client(url, retries=0, timeout=5) as c:
+            assert not c.ready()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _io_names(text: str, kind: str) -> dict[str, str]:
+    blocks = re.findall(kind + r" \[\s*\{(.*?)\}\s*\]", text, re.S)
+    return {re.search(r'name: "(\w+)"', b).group(1): re.search(r"data_type: (\w+)", b).group(1) for b in blocks}
+
+
+@pytest.mark.parametrize("model,inputs,outputs", [
+    ("videoneva", {k: v[0] for k, v in INPUTS.items()}, {k: v[0] for k, v in OUTPUTS.items()}),
+    ("preprocess", {k: v[0] for k, v in stages.PREPROCESS_IN.items()}, {k: v[0] for k, v in stages.PREPROCESS_OUT.items()}),
+    ("llm", {k: v[0] for k, v in stages.LLM_IN.items()}, {k: v[0] for k, v in stages.LLM_OUT.items()}),
+    ("postprocess", {k: v[0] for k, v in stages.POSTPROCESS_IN.items()}, {k: v[0] for k, v in stages.POSTPROCESS_OUT.items()}),
+])
+def test_templates_declare_the_tensors_the_code_uses(model, inputs, outputs):
+    text = (TEMPLATE_DIR / model / "config.pbtxt").read_text()
+    assert _io_names(text, "input") == inputs
+    assert _io_names(text, "output") == outputs
+    assert (TEMPLATE_DIR / model / "1" / "model.py").is_file()
+
+
+def test_rendering_is_strict(tmp_path):
+    with pytest.raises(ConfigError, match="no value for template placeholder"):
+        render_repository(tmp_path / "a", {"postprocess": {"pipeline_args": "[]"}})
+    with pytest.raises(ConfigError, match="unknown template key"):
+        render_repository(tmp_path / "b", {"postprocess": {"pipeline_args": "[]", "python_path": "[]",
+                                                           "postprocess_instances": 1, "typo": 1}})
+    with pytest.raises(ConfigError, match="no template for model"):
+        render_repository(tmp_path / "c", {"nope": {}})
+
+
+def _req(**kw):
+    t = {"text_input": string_tensor("hi")}
+    t.update(kw)
+    return t
+
+
+@pytest.mark.parametrize("inputs,match", [
+    (_req(text_input=string_tensor("  ")), "non-empty"),
+    (_req(max_tokens=np.array([0], np.int32)), "out of range"),
+    (_req(media_type=string_tensor("video")), "neither media_bytes_input nor media_path"),
+    (_req(media_path=string_tensor("a.mp4")), "media_type"),
+    (_req(media_type=string_tensor("video"), media_path=string_tensor("a.mp4"),
+          media_bytes_input=np.zeros(3, np.uint8)), "not both"),
+    (_req(media_type=string_tensor("video"), media_bytes_input=np.zeros(11, np.uint8)), "limit is 10"),
+    (_req(top_p=np.array([1.5], np.float32)), "top_p"),
+    (_req(temperature=np.array([0.0], np.float32)), "temperature"),
+    (_req(insert_media_token=string_tensor("middle")), "insert_media_token"),
+    (_req(text_input=np.array([b"\xff\xfe"], dtype=object)), "UTF-8"),
+    (_req(text_input=string_tensor("a", "b")), "one string"),
+])
+def test_parse_request_refuses_bad_values_by_name(inputs, match):
+    with pytest.raises(RequestError, match=match):
+        parse_request(inputs, ServerLimits(max_tokens=32, max_media_bytes=10))
+
+
+def test_parse_request_maps_settings():
+    r = parse_request(_req(max_tokens=np.array([5], np.int32), greedy=np.array([True]),
+                           end_strings=string_tensor("</s>", "STOP"), stream=np.array([True])), ServerLimits())
+    assert r.sampling == {"tokens_to_generate": 5, "greedy": True}
+    assert r.end_strings == ["</s>", "STOP"] and r.stream and r.media_type is None
