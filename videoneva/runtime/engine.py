@@ -75,6 +75,87 @@ def load_engine_llm(d: Path, manifest: dict, precision: str, llm_source: Optiona
     return model.to(dtype).eval()
 
 
+VISION_BACKENDS = ("onnx", "tensorrt")
+LLM_BACKENDS = ("torch", "tensorrt_llm")
+# backend → (artifact in the engine dir, manifest "skipped" key of the build step that writes it)
+_GPU_ARTIFACTS = {"tensorrt": ("vision/vision.plan", "vision_plan"),
+                  "tensorrt_llm": ("llm/trtllm_engine", "trtllm_engine")}
+
+
+def select_backends(manifest: dict, device: str = "auto") -> tuple[str, str]:
+    """(vision backend, llm backend): what the build was asked for (manifest settings.vision/llm.backend).
+
+    device=cpu always gives the portable pair (onnx, torch), so a GPU-built engine directory still
+    runs on a CPU machine; auto and cuda take the manifest's choice.
+
+    Args:
+        manifest: the engine directory's manifest.json.
+        device: InferConfig.device ("auto" | "cpu" | "cuda").
+    """
+    settings = manifest.get("settings", {})
+    vision = settings.get("vision", {}).get("backend", "onnx")
+    llm = settings.get("llm", {}).get("backend", "torch")
+    if vision not in VISION_BACKENDS or llm not in LLM_BACKENDS:
+        raise CheckpointError(f"manifest.json asks for vision.backend={vision!r} / llm.backend={llm!r}; this videoneva "
+                              f"runs vision {list(VISION_BACKENDS)} and llm {list(LLM_BACKENDS)}")
+    if device == "cpu":
+        if (vision, llm) != ("onnx", "torch"):
+            log.info("device=cpu: running the portable ONNX Runtime + torch backends instead of %s + %s", vision, llm)
+        return "onnx", "torch"
+    return vision, llm
+
+
+def missing_gpu_artifact(d: Path, manifest: dict, backend: str) -> Optional[str]:
+    """None when the artifact a GPU backend runs is in the engine directory, else why not and how to build it."""
+    rel, step = _GPU_ARTIFACTS[backend]
+    if (d / rel).exists():
+        return None
+    skipped = manifest.get("skipped", {}).get(step)
+    why = f"the build skipped it ({skipped['reason']})" if skipped and skipped.get("reason") else "it is not there"
+    cmd = " ".join(map(str, skipped["command"])) if skipped and skipped.get("command") else None
+    hint = f"; build it on a GPU machine: {cmd}" if cmd else "; rebuild the engine directory on a GPU machine"
+    return f"{rel} is missing: {why}{hint}"
+
+
+def _gpu_backend_error(d: Path, manifest: dict, backend: str, reason: Optional[str]) -> Optional[str]:
+    """One message naming everything that keeps `backend` from running here (artifact, library, CUDA)."""
+    problems = [p for p in (missing_gpu_artifact(d, manifest, backend), reason) if p]
+    if not problems:
+        return None
+    return (f"{d}/manifest.json asks for {backend} but it cannot run here: " + "; ".join(problems)
+            + " (device=cpu runs the portable ONNX Runtime + torch backends)")
+
+
+def load_vision(d: Path, manifest: dict, media: dict, backend: str):
+    """The VisionEncoder for `backend`; BackendUnavailable names what is missing for a GPU backend."""
+    if backend == "onnx":
+        from videoneva.runtime.onnx_backend import OnnxVisionEncoder
+
+        return OnnxVisionEncoder(d / "vision" / "vision.onnx", media["image_token_len"], media["hidden_size"])
+    from videoneva.runtime.tensorrt_backend import (BackendUnavailable, TensorRTVisionEncoder,
+                                                    tensorrt_unavailable_reason)
+
+    msg = _gpu_backend_error(d, manifest, backend, tensorrt_unavailable_reason())
+    if msg:
+        raise BackendUnavailable(msg)
+    return TensorRTVisionEncoder(d / "vision" / "vision.plan", media["image_token_len"], media["hidden_size"])
+
+
+def load_llm(d: Path, manifest: dict, media: dict, backend: str, tokenizer, precision: str):
+    """The LanguageModel for `backend`; BackendUnavailable names what is missing for a GPU backend."""
+    if backend == "torch":
+        from videoneva.runtime.torch_backend import TorchLanguageModel
+
+        return TorchLanguageModel(load_engine_llm(d, manifest, precision), tokenizer, media["image_token_id"])
+    from videoneva.runtime.tensorrt_backend import BackendUnavailable
+    from videoneva.runtime.trtllm_backend import TensorRTLLMLanguageModel, trtllm_unavailable_reason
+
+    msg = _gpu_backend_error(d, manifest, backend, trtllm_unavailable_reason())
+    if msg:
+        raise BackendUnavailable(msg)
+    return TensorRTLLMLanguageModel(d / "llm" / "trtllm_engine", tokenizer, media["image_token_id"])
+
+
 def engine_settings(d: Path, cfg: InferConfig) -> tuple[dict, dict, PipelineSettings, Any, MediaRoot]:
     """(manifest, media.json, PipelineSettings, tokenizer, media root) of an engine dir, with cfg's overrides.
 
@@ -117,12 +198,16 @@ def engine_front(engine_dir: str | Path, cfg: InferConfig) -> Front:
 
 
 def pipeline_from_engine_dir(engine_dir: Path, cfg: InferConfig, cache_bytes: int = 256 * 2**20) -> Pipeline:
-    """ONNX Runtime vision encoder + torch LLM (or the TensorRT ones on a GPU machine)."""
-    from videoneva.runtime.onnx_backend import OnnxVisionEncoder
-    from videoneva.runtime.torch_backend import TorchLanguageModel
+    """The backends the manifest names (ONNX Runtime + torch, or TensorRT + TensorRT-LLM on a GPU machine).
 
+    device=cpu runs the portable pair whatever was built; a GPU backend that cannot run here raises
+    BackendUnavailable naming the missing library, CUDA device or artifact.
+    """
     d = Path(engine_dir)
     manifest, media, settings, tok, root = engine_settings(d, cfg)
-    vision = OnnxVisionEncoder(d / "vision" / "vision.onnx", media["image_token_len"], media["hidden_size"])
-    llm = TorchLanguageModel(load_engine_llm(d, manifest, cfg.trainer.precision), tok, media["image_token_id"])
+    vision_backend, llm_backend = select_backends(manifest, cfg.device)
+    # vision first: the TensorRT-LLM executor sizes its KV cache from the GPU memory left free
+    vision = load_vision(d, manifest, media, vision_backend)
+    llm = load_llm(d, manifest, media, llm_backend, tok, cfg.trainer.precision)
+    log.info("engine %s: vision %s, llm %s", d, vision_backend, llm_backend)
     return Pipeline(vision, llm, tok, settings, root, FeatureCache(cache_bytes))

@@ -117,10 +117,9 @@ def render(cfg: ServeConfig, out_dir: str | Path) -> Path:
         "videoneva": {**common, "cache_bytes": cfg.cache_bytes, "max_tokens": cfg.max_tokens,
                       "max_media_bytes": cfg.max_media_bytes, "max_concurrency": cfg.max_concurrency},
         "preprocess": {**common, **threads, "preprocess_instances": cfg.preprocess_instances},
-        "vision_encoder": {"python_path": common["python_path"], **threads, "vision_instances": cfg.vision_instances,
+        "vision_encoder": {**common, **threads, "vision_instances": cfg.vision_instances,
                            "vision_max_batch_frames": cfg.vision_max_batch_frames,
-                           "vision_queue_delay_us": cfg.vision_queue_delay_us,
-                           "engine_dir": pbtxt_string(Path(cfg.engine_dir).resolve())},
+                           "vision_queue_delay_us": cfg.vision_queue_delay_us},
         "llm": {**common, **threads, "llm_instances": cfg.llm_instances},
         "postprocess": {**common, "postprocess_instances": cfg.postprocess_instances},
     }

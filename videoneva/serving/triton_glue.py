@@ -110,12 +110,14 @@ class VisionModel:
         _threads(params)
         from pathlib import Path
 
-        from videoneva.runtime.engine import read_engine_dir
-        from videoneva.runtime.onnx_backend import OnnxVisionEncoder
+        from videoneva.config import InferConfig, load_config
+        from videoneva.runtime.engine import load_vision, read_engine_dir, select_backends
 
-        d = Path(params["engine_dir"])
-        _, media = read_engine_dir(d)
-        self.encoder = OnnxVisionEncoder(d / "vision" / "vision.onnx", media["image_token_len"], media["hidden_size"])
+        cfg = load_config(InferConfig, json.loads(params["pipeline_args"]))
+        d = Path(cfg.engine_dir)
+        manifest, media = read_engine_dir(d)
+        backend, _ = select_backends(manifest, cfg.device)  # ONNX Runtime on CPU, the TensorRT plan on GPU
+        self.encoder = load_vision(d, manifest, media, backend)
 
     def execute(self, requests):
         try:
@@ -135,13 +137,13 @@ class LLMModel:
         _threads(params)
         from pathlib import Path
 
-        from videoneva.runtime.engine import engine_settings, load_engine_llm
-        from videoneva.runtime.torch_backend import TorchLanguageModel
+        from videoneva.runtime.engine import engine_settings, load_llm, select_backends
 
         cfg, _ = _front(params)
         d = Path(cfg.engine_dir)
         manifest, media, _, tok, _ = engine_settings(d, cfg)
-        self.llm = TorchLanguageModel(load_engine_llm(d, manifest, cfg.trainer.precision), tok, media["image_token_id"])
+        _, backend = select_backends(manifest, cfg.device)  # torch on CPU, the TensorRT-LLM engine on GPU
+        self.llm = load_llm(d, manifest, media, backend, tok, cfg.trainer.precision)
 
     def execute(self, requests):
         for request in requests:
