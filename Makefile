@@ -19,7 +19,7 @@ test: setup
 	$(PY) -m pytest -q -ra tests
 
 demo: setup
-	$(PY) -m videoneva.demo.run
+	$(PY) -m videoneva.serving.demo
 
 clean:
 	rm -rf $(VENV) outputs engines

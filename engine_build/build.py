@@ -246,7 +246,10 @@ def build(cfg: BuildConfig) -> dict:
             "llm": {"quantized": quantized, "algorithm": cfg.quantization.algorithm if quantized else None},
             "built": built, "skipped": skipped, "build_seconds": round(time.perf_counter() - t0, 2),
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        # paths and commands recorded while building name the final directory, not the temporary one
+        text = json.dumps(manifest, indent=2, default=str).replace(str(tmp), str(out))
+        (tmp / "manifest.json").write_text(text + "\n")
+        manifest = json.loads(text)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)  # atomic: `serve` never sees a half-built directory

@@ -84,3 +84,18 @@ def test_awq_build_calibrates_on_real_samples_and_runs_dequantized(tiny_checkpoi
     assert cli(["infer", f"engine_dir={out}", f"prompt_file={prompts}", f"output_file={tmp_path / 'a.jsonl'}",
                 f"inference.media_base_path={media_dir}", "inference.greedy=true", "inference.tokens_to_generate=4",
                 "inference.insert_media_token=right", "print_answers=false"]) == 0
+
+
+def test_recorded_commands_name_the_final_directory(tmp_path, tiny_checkpoint):
+    """The trtexec / trtllm-build commands a CPU build records are run later, on the final directory."""
+    import json
+
+    from engine_build.build import main as build_main
+
+    out = tmp_path / "engine"
+    assert build_main([f"checkpoint={tiny_checkpoint}", f"output={out}", "max_input_len=512", "max_output_len=128"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    text = json.dumps(manifest)
+    assert ".building." not in text
+    assert str(out / "vision" / "vision.onnx") in " ".join(map(str, manifest["skipped"]["vision_plan"]["command"]))
+    assert str(out / "llm" / "trtllm_ckpt") in " ".join(map(str, manifest["skipped"]["trtllm_engine"]["command"]))

@@ -85,6 +85,7 @@ def _io_names(text: str, kind: str) -> dict[str, str]:
     ("preprocess", {k: v[0] for k, v in stages.PREPROCESS_IN.items()}, {k: v[0] for k, v in stages.PREPROCESS_OUT.items()}),
     ("llm", {k: v[0] for k, v in stages.LLM_IN.items()}, {k: v[0] for k, v in stages.LLM_OUT.items()}),
     ("postprocess", {k: v[0] for k, v in stages.POSTPROCESS_IN.items()}, {k: v[0] for k, v in stages.POSTPROCESS_OUT.items()}),
+    ("feature_cache", {k: v[0] for k, v in stages.CACHE_IN.items()}, {k: v[0] for k, v in stages.CACHE_OUT.items()}),
 ])
 def test_templates_declare_the_tensors_the_code_uses(model, inputs, outputs):
     text = (TEMPLATE_DIR / model / "config.pbtxt").read_text()

@@ -24,8 +24,8 @@ HELP = """videoneva serve: serve a Video NeVA model over gRPC with Triton Infere
   videoneva serve engine_dir=DIR [host=127.0.0.1 grpc_port=8001 http_port=8000 metrics_port=8002]
 
 Renders a model repository from triton_repo/: `videoneva` (the entry point: BLS, decoupled,
-streams text, holds the visual feature cache) over `preprocess`, `vision_encoder` (dynamic
-batching), `llm` (streams token ids) and `postprocess`; then
+streams text) over `feature_cache`, `preprocess`, `vision_encoder` (dynamic batching), `llm`
+(streams token ids) and `postprocess`; then
 starts `tritonserver` (the nvidia-pytriton wheel's, or one on PATH), waits until ready, prints
 the endpoint, and stops on Ctrl-C / SIGTERM. Binds to 127.0.0.1 unless host= says otherwise.
 Clients: `videoneva infer server_url=HOST:PORT …` or videoneva.serving.Client."""
@@ -46,7 +46,7 @@ class ServeConfig:
     vision_queue_delay_us: int = _help("dynamic batching: how long the vision encoder waits to fill a batch", default=2000)
     llm_instances: int = _help("instances of the llm model (each loads the LLM weights)", default=1)
     postprocess_instances: int = _help("instances of the postprocess model", default=1)
-    max_concurrency: int = _help("requests the videoneva model works on at once (the rest queue)", default=64)
+    videoneva_instances: int = _help("instances of the videoneva entry model: requests answered at once (the rest queue)", default=4)
     cache_bytes: int = _help("visual feature cache size in bytes (0 disables it)", default=256 * 2**20)
     max_tokens: int = _help("largest max_tokens a request may ask for", default=1024)
     max_media_bytes: int = _help("largest media_bytes_input accepted", default=64 * 2**20)
@@ -68,7 +68,7 @@ class ServeConfig:
             if not isinstance(v, int) or not 0 <= v <= 65535:
                 raise ConfigError(f"{key} must be a port number in 0..65535, got {v!r}")
         for key in ("preprocess_instances", "vision_instances", "vision_max_batch_frames", "llm_instances",
-                    "postprocess_instances", "max_concurrency"):
+                    "postprocess_instances", "videoneva_instances"):
             _positive(key, getattr(self, key))
         _positive("max_tokens", self.max_tokens)
         _positive("max_media_bytes", self.max_media_bytes)
@@ -114,8 +114,9 @@ def render(cfg: ServeConfig, out_dir: str | Path) -> Path:
     common = {"pipeline_args": args, "python_path": pbtxt_string(json.dumps(stub_python_path()))}
     threads = {"torch_threads": cfg.torch_threads}
     models = {
-        "videoneva": {**common, "cache_bytes": cfg.cache_bytes, "max_tokens": cfg.max_tokens,
-                      "max_media_bytes": cfg.max_media_bytes, "max_concurrency": cfg.max_concurrency},
+        "videoneva": {**common, "max_tokens": cfg.max_tokens, "max_media_bytes": cfg.max_media_bytes,
+                      "videoneva_instances": cfg.videoneva_instances},
+        "feature_cache": {"python_path": common["python_path"], "cache_bytes": cfg.cache_bytes},
         "preprocess": {**common, **threads, "preprocess_instances": cfg.preprocess_instances},
         "vision_encoder": {**common, **threads, "vision_instances": cfg.vision_instances,
                            "vision_max_batch_frames": cfg.vision_max_batch_frames,

@@ -5,10 +5,12 @@
                                 ├─ vision_encoder  ONNX Runtime (CPU) / TensorRT plan (GPU), frames
                                 │                   batched across requests by Triton's dynamic batcher
                                 ├─ llm             torch (decoupled, streams token ids) | tensorrtllm
-                                └─ postprocess     detokenize, end strings, clean response
+                                ├─ postprocess     detokenize, end strings, clean response
+                                └─ feature_cache   visual features by media content hash (LRU, bytes)
 
-The `videoneva` model owns the visual feature cache: the key (content hash + sampling settings) is
-computed before anything is decoded, so a hit skips preprocess's decode and the vision encoder.
+The `videoneva` model looks the media up in the `feature_cache` model (one instance, shared by all
+`videoneva` instances) by a key (content hash + sampling settings) computed before anything is
+decoded, so a hit skips preprocess's decode and the vision encoder.
 Model-to-model tensors are named here; the client-facing ones are in protocol.py.
 """
 from __future__ import annotations
@@ -25,7 +27,6 @@ import torch
 from videoneva import prompts
 from videoneva.config import InferConfig, load_config
 from videoneva.generation import SamplingSettings
-from videoneva.runtime.cache import FeatureCache
 from videoneva.runtime.pipeline import Front, Request, media_meta
 from videoneva.serving.protocol import ParsedRequest, RequestError, encode_text
 
@@ -39,6 +40,8 @@ LLM_IN = {"input_ids": ("TYPE_INT32", [-1]), "prompt_embedding_table": ("TYPE_FP
           "sampling": ("TYPE_UINT8", [-1]), "streaming": ("TYPE_BOOL", [1])}
 LLM_OUT = {"output_ids": ("TYPE_INT32", [-1]), "output_log_probs": ("TYPE_FP32", [-1]),
            "finish_reason": ("TYPE_UINT8", [-1])}
+CACHE_IN = {"key": ("TYPE_UINT8", [-1]), "features": ("TYPE_FP32", [-1, -1]), "meta": ("TYPE_UINT8", [-1])}
+CACHE_OUT = {"found": ("TYPE_BOOL", [1]), "features": ("TYPE_FP32", [-1, -1]), "meta": ("TYPE_UINT8", [-1])}
 POSTPROCESS_IN = {"output_ids": ("TYPE_INT32", [-1]), "end_strings": ("TYPE_UINT8", [-1]),
                   "with_tokens": ("TYPE_BOOL", [1])}
 POSTPROCESS_OUT = {"text_output": ("TYPE_UINT8", [-1]), "clean_response": ("TYPE_UINT8", [-1]),
@@ -149,12 +152,13 @@ class Orchestrator:
 
     Args:
         front: media key, sampling limits and defaults (the same Front preprocess uses).
-        cache: the visual feature cache (thread-safe LRU bounded in bytes).
+        cache: the visual feature cache: get(key) -> (features, meta) | None, put(key, features, meta)
+            (in Triton, the `feature_cache` model; a FeatureCache in-process).
         base_sampling: the server's defaults; a request's own settings replace them field by field.
         server_media_root: whether requests may name media by path.
     """
 
-    def __init__(self, front: Front, cache: FeatureCache, base_sampling: SamplingSettings, server_media_root: bool):
+    def __init__(self, front: Front, cache, base_sampling: SamplingSettings, server_media_root: bool):
         self.front, self.cache, self.base, self.server_media_root = front, cache, base_sampling, server_media_root
 
     def sampling_for(self, req: ParsedRequest) -> SamplingSettings:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
@@ -18,7 +16,7 @@ import triton_python_backend_utils as pb_utils
 
 from videoneva.errors import VideoNevaError
 from videoneva.serving import stages
-from videoneva.serving.protocol import INPUTS, ServerLimits, parse_request, string_tensor
+from videoneva.serving.protocol import INPUTS, ServerLimits, encode_text, parse_request, string_tensor
 
 log = logging.getLogger("videoneva.triton")
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -207,45 +205,90 @@ class _CacheMetrics:
             self.families.append(family)  # a family must outlive its metrics
             self.metrics[key] = (kind, family.Metric(labels={"model": model_name}))
             self.last[key] = 0
-        self.lock = threading.Lock()
 
     def update(self, stats) -> None:
-        with self.lock:
-            for key, (kind, metric) in self.metrics.items():
-                value = int(getattr(stats, key))
-                if kind == "COUNTER":
-                    if value > self.last[key]:
-                        metric.increment(value - self.last[key])
-                else:
-                    metric.set(value)
-                self.last[key] = value
+        for key, (kind, metric) in self.metrics.items():
+            value = int(getattr(stats, key))
+            if kind == "COUNTER":
+                if value > self.last[key]:
+                    metric.increment(value - self.last[key])
+            else:
+                metric.set(value)
+            self.last[key] = value
 
 
-class VideoNevaModel:
-    """The entry point (BLS, decoupled): each request runs on a worker thread, so concurrent
-    requests overlap and the vision encoder's dynamic batcher sees them together."""
+class FeatureCacheModel:
+    """One instance holds the visual feature cache for every `videoneva` instance.
+
+    A request with `features` stores them under `key`; a request without looks `key` up.
+    """
 
     def __init__(self, args: dict):
         from videoneva.runtime.cache import FeatureCache
 
-        params = params_of(args)
-        cfg, front = _front(params)
-        self.limits = ServerLimits(max_tokens=int(params["max_tokens"]), max_media_bytes=int(params["max_media_bytes"]))
-        self.cache = FeatureCache(int(params["cache_bytes"]))
-        self.orchestrator = stages.Orchestrator(front, self.cache, stages.default_sampling(cfg, front),
-                                                server_media_root=bool(cfg.inference.media_base_path))
-        self.model_id = front.settings.model_id
-        self.pool = ThreadPoolExecutor(max_workers=int(params["max_concurrency"]), thread_name_prefix="videoneva")
+        self.cache = FeatureCache(int(params_of(args)["cache_bytes"]))
         try:
             self.metrics = _CacheMetrics(args["model_name"])
         except Exception as exc:  # noqa: BLE001  custom metrics are optional: keep serving, log them
             log.warning("custom metrics unavailable (%s); feature-cache stats go to the log only", exc)
             self.metrics = None
 
+    def _one(self, request) -> dict[str, np.ndarray]:
+        import torch
+
+        t = inputs_of(request, stages.CACHE_IN)
+        key = stages.text_of(t["key"])
+        if "features" in t:
+            self.cache.put(key, torch.from_numpy(t["features"]), json.loads(stages.text_of(t["meta"])))
+            return {"found": np.array([True]), "features": np.zeros((0, 0), np.float32), "meta": stages.json_tensor({})}
+        hit = self.cache.get(key)
+        if hit is None:
+            return {"found": np.array([False]), "features": np.zeros((0, 0), np.float32), "meta": stages.json_tensor({})}
+        return {"found": np.array([True]), "features": hit[0].numpy(), "meta": stages.json_tensor(hit[1])}
+
+    def execute(self, requests):
+        out = answer_each(requests, self._one)
+        s = self.cache.stats
+        if self.metrics is not None:
+            self.metrics.update(s)
+        pb_utils.Logger.log_verbose(f"videoneva feature cache: hits={s.hits} misses={s.misses} "
+                                    f"evictions={s.evictions} entries={s.entries} bytes={s.bytes}")
+        return out
+
+
+class BLSCache:
+    """The Orchestrator's cache, kept in the `feature_cache` model (shared by all instances)."""
+
+    def get(self, key: str):
+        import torch
+
+        out = bls_call("feature_cache", {"key": encode_text(key)})
+        if not bool(out["found"].reshape(-1)[0]):
+            return None
+        return torch.from_numpy(out["features"]), json.loads(stages.text_of(out["meta"]))
+
+    def put(self, key: str, features, meta: dict) -> None:
+        bls_call("feature_cache", {"key": encode_text(key), "features": np.ascontiguousarray(features.numpy()),
+                                   "meta": stages.json_tensor(meta)})
+
+
+class VideoNevaModel:
+    """The entry point (BLS, decoupled). Each instance answers its requests one at a time with
+    synchronous BLS calls (calls from several threads of one stub crashed the wheel's python
+    backend stub); `videoneva_instances` instances answer requests concurrently."""
+
+    def __init__(self, args: dict):
+        params = params_of(args)
+        cfg, front = _front(params)
+        self.limits = ServerLimits(max_tokens=int(params["max_tokens"]), max_media_bytes=int(params["max_media_bytes"]))
+        self.orchestrator = stages.Orchestrator(front, BLSCache(), stages.default_sampling(cfg, front),
+                                                server_media_root=bool(cfg.inference.media_base_path))
+        self.model_id = front.settings.model_id
+
     def execute(self, requests):
         for request in requests:
             # Triton itself refuses unknown, missing or mistyped inputs before they reach us
-            self.pool.submit(self._answer, inputs_of(request, INPUTS), request.get_response_sender())
+            self._answer(inputs_of(request, INPUTS), request.get_response_sender())
         return None
 
     def _answer(self, inputs, sender) -> None:
@@ -262,15 +305,3 @@ class VideoNevaModel:
                                   "result_json": string_tensor(json.dumps(result, ensure_ascii=False))}), flags=FINAL)
         except Exception as exc:  # noqa: BLE001  one bad request never fails the others
             sender.send(pb_utils.InferenceResponse(output_tensors=[], error=error_of(exc)), flags=FINAL)
-        finally:
-            self._log_cache()
-
-    def _log_cache(self) -> None:
-        s = self.cache.stats
-        if self.metrics is not None:
-            self.metrics.update(s)
-        pb_utils.Logger.log_verbose(f"videoneva feature cache: hits={s.hits} misses={s.misses} "
-                                    f"evictions={s.evictions} entries={s.entries} bytes={s.bytes}")
-
-    def finalize(self) -> None:
-        self.pool.shutdown(wait=True)
