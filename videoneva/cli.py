@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("videoneva.train.loop:main", "finetune or train from scratch (pretrain | finetune stages, LoRA)"),
     "build": ("engine_build.build:main", "checkpoint -> engine directory (ONNX/TensorRT vision, AWQ TensorRT-LLM)"),
     "convert": ("videoneva.checkpoint.convert:main", "convert a HF LLaVA dir or .nemo archive to the native format"),
+    "bench": ("videoneva.bench.run:main", "benchmark a live server: TTFT, inter-token and e2e latency, throughput per concurrency"),
     "judge": ("videoneva.eval.judge:main", "LLM-as-a-judge comparison of two models' answers (mixtral_eval)"),
     "demo-data": ("videoneva.demo.synth:main", "write a synthetic video QA data set"),
     "eval-demo": ("videoneva.eval.exact_match:main", "exact-match accuracy per question type"),
