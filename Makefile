@@ -21,5 +21,10 @@ test: setup
 demo: setup
 	$(PY) -m videoneva.serving.demo
 
+# Side-by-side serving benchmark on the demo model and the component benchmarks (see benchmarks/README.md).
+bench: setup
+	$(PY) benchmarks/bench_serving.py --model demo
+	$(PY) benchmarks/bench_components.py
+
 clean:
 	rm -rf $(VENV) outputs engines

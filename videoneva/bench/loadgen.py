@@ -168,6 +168,7 @@ class ServerTarget:
         self.root = MediaRoot(str(media_root)) if media_root is not None else None
         self._bytes: dict[str, bytes] = {}
         self._lock = threading.Lock()
+        self.stages: list[dict] = []  # the server's own timings per answered request (where the time goes)
 
     def media(self, job: Job) -> dict:
         if job.media_type is None:
@@ -187,6 +188,10 @@ class ServerTarget:
                                     max_tokens=g.tokens_to_generate, min_tokens=g.min_tokens, greedy=g.greedy,
                                     repetition_penalty=g.repetition_penalty, insert_media_token=self.insert,
                                     **self.media(job))
+        media = result.get("media") or {}
+        with self._lock:
+            self.stages.append({**(result.get("timings") or {}),
+                                **{k: media.get(k) for k in ("decode_s", "encode_s", "cache")}})
         return list(result["token_ids"])
 
 
