@@ -104,3 +104,41 @@ def test_bad_train_config():
         load_config(TrainConfig, ["stage=warmup", "output_dir=x", "data.data_path=y"])
     with pytest.raises(ConfigError, match="output_dir"):
         load_config(TrainConfig, ["data.data_path=y"])
+
+
+def test_held_out_score_equals_greedy_decoding(conv_data, media_dir, tmp_path):
+    """train's held-out exact match (teacher-forced) says right exactly where greedy decoding gives the answer."""
+    from videoneva.checkpoint.native import load_checkpoint
+    from videoneva.media.settings import MediaSettings
+    from videoneva.media.sources import MediaRoot
+    from videoneva.model.vision import VisionFeatures
+    from videoneva.train.data import ConversationDataset, collate, load_conversations
+    from videoneva.train.evaluate import embed_batch, exact_match
+
+    held = [{**r, "conversations": r["conversations"][:2]} for r in json.loads(conv_data.read_text())]
+    held_path = tmp_path / "held.json"
+    held_path.write_text(json.dumps(held))
+    s = train(_cfg(conv_data, media_dir, tmp_path / "run", "train.max_steps=40", f"data.eval_data_path={held_path}",
+                   "eval_every=20"))
+    assert [e["step"] for e in s["eval"]] == [20, 40] and all(e["n"] == 6 for e in s["eval"])
+
+    ck = load_checkpoint(s["final"])
+    model, tok = ck.model.eval(), ck.tokenizer
+    vision = VisionFeatures(model, ck.settings.frame_token_pool)
+    size = model.config.vision_config.image_size
+    media = MediaSettings(media_type="video", num_frames=2, image_size=size, crop_size=size)
+    ds = ConversationDataset(load_conversations(held_path), tok, ck.settings.conv_template, media,
+                             MediaRoot(media_dir), vision.tokens, False)
+    scored = exact_match(model, vision, ds, tok.pad_token_id)
+    assert s["eval"][-1]["exact_match"] == pytest.approx(sum(scored) / len(scored))
+    for i, right in enumerate(scored):
+        ex = ds[i]
+        start = next(j for j, lab in enumerate(ex.labels) if lab != IGNORE_INDEX)
+        want = ex.input_ids[start:]
+        ids = list(ex.input_ids[:start])
+        with torch.no_grad():
+            for _ in want:  # greedy, one token at a time, from the prompt alone
+                batch = collate([type(ex)(ids, ids, ex.pixel_values)], tok.pad_token_id)
+                logits = model(inputs_embeds=embed_batch(model, vision, batch)).logits
+                ids.append(int(logits[0, -1].argmax()))
+        assert (ids[start:] == want) == right, (i, ids[start:], want)

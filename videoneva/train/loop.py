@@ -29,6 +29,7 @@ from videoneva.media.sources import MediaRoot
 from videoneva.model.factory import ModelSizes, new_llava
 from videoneva.model.vision import VisionFeatures
 from videoneva.train.data import ConversationDataset, collate, load_conversations
+from videoneva.train.evaluate import embed_batch, exact_match
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ class OptimConfig:
 class TrainDataConfig(DataConfig):
     data_path: Optional[str] = _help("LLaVA conversation json", default=None)
     cache_media: bool = _help("keep decoded frames in memory across epochs", default=True)
+    eval_data_path: Optional[str] = _help("held-out LLaVA conversation json scored during training "
+                                          "(teacher-forced exact match of the answers)", default=None)
+    eval_max: int = _help("at most this many held-out records are scored", default=200)
 
 
 @dataclass
@@ -83,6 +87,7 @@ class TrainConfig:
     seed: int = _help("seed for weights, data order and sampling", default=0)
     save_every: int = _help("save output_dir/last every N steps (0: only at the end)", default=200)
     log_every: int = _help("log loss every N steps", default=10)
+    eval_every: int = _help("score data.eval_data_path every N steps (0: only at the end)", default=0)
     model_id: str = _help("model id recorded in the checkpoint", default="videoneva")
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: TrainDataConfig = field(default_factory=TrainDataConfig)
@@ -155,14 +160,7 @@ def _lr_lambda(cfg: OptimConfig):
 
 def forward_loss(model, vision: VisionFeatures, batch: dict) -> torch.Tensor:
     """Cross-entropy on assistant tokens, media rows scattered where the image tokens stand."""
-    ids = batch["input_ids"]
-    embeds = model.get_input_embeddings()(ids)  # (B, L, D)
-    if batch["pixel_values"] is not None:
-        feats = vision(batch["pixel_values"].to(embeds.dtype))  # (ΣF, T, D)
-        mask = ids == model.config.image_token_id
-        if int(mask.sum()) != feats.shape[0] * feats.shape[1]:
-            raise ValueError(f"{int(mask.sum())} media positions but {feats.shape[0] * feats.shape[1]} feature rows")
-        embeds = embeds.masked_scatter(mask[..., None], feats.reshape(-1, feats.shape[-1]).to(embeds.dtype))
+    embeds = embed_batch(model, vision, batch)
     out = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"])
     return out.loss
 
@@ -243,6 +241,16 @@ def train(cfg: TrainConfig) -> dict:
                           image_aspect_ratio=settings.image_aspect_ratio)
     root = MediaRoot(cfg.data.video_folder or cfg.data.image_folder or Path(cfg.data.data_path).parent)
     ds = ConversationDataset(records, tok, settings.conv_template, media, root, vision.tokens, cfg.data.cache_media)
+    val = None
+    if cfg.data.eval_data_path:
+        held = load_conversations(cfg.data.eval_data_path)[: cfg.data.eval_max]
+        val = ConversationDataset(held, tok, settings.conv_template, media, root, vision.tokens, cfg.data.cache_media)
+    evals: list[dict] = []
+
+    def score(at: int) -> None:
+        right = exact_match(base, vision, val, tok.pad_token_id or 0)
+        evals.append({"step": at, "exact_match": sum(right) / len(right), "n": len(right)})
+        log.info("step %d held-out exact match %.3f (%d records)", at, evals[-1]["exact_match"], len(right))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.train))
@@ -276,6 +284,9 @@ def train(cfg: TrainConfig) -> dict:
         bar.set_postfix(loss=f"{total:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
         if cfg.log_every and step % cfg.log_every == 0:
             log.info("step %d loss %.4f", step, total)
+        if val is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.train.max_steps):
+            score(step)
+            bar.write(f"step {step}: held-out exact match {evals[-1]['exact_match']:.3f} (n={evals[-1]['n']})")
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.train.max_steps:
             _save_last(model, tok, settings, last, opt, sched, step, losses, cfg)
     bar.close()
@@ -284,7 +295,8 @@ def train(cfg: TrainConfig) -> dict:
     to_save = model.merge_and_unload() if model is not base else model
     save_checkpoint(to_save, tok, settings, final)
     summary = {"steps": step, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-               "seconds": time.perf_counter() - t0, "final": str(final), "config": dataclasses.asdict(cfg)}
+               "seconds": time.perf_counter() - t0, "final": str(final), "eval": evals,
+               "config": dataclasses.asdict(cfg)}
     (out_dir / "train_summary.json").write_text(json.dumps({**summary, "losses": losses}, indent=1))
     return summary
 
