@@ -147,16 +147,8 @@ def plot_levels(targets: dict[str, list[LevelSummary]], out_prefix: Path, title:
         ax.plot(xs, ys, marker="o", label=name)
         for x, y, (_, _, c) in zip(xs, ys, pts):
             ax.annotate(f"c={c}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("output tokens/s")
-    ax.set_ylabel("end-to-end latency p50 (s)")
-    ax.set_title(f"{title}: latency vs throughput")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    p = out_prefix.with_name(out_prefix.name + "_latency_throughput.png")
-    fig.tight_layout()
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    paths.append(str(p))
+    paths.append(_save(plt, fig, ax, "output tokens/s", "end-to-end latency p50 (s)",
+                       f"{title}: latency vs throughput", out_prefix, "_latency_throughput.png"))
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, levels in targets.items():
@@ -169,17 +161,23 @@ def plot_levels(targets: dict[str, list[LevelSummary]], out_prefix: Path, title:
         ax.errorbar(cs, p50, yerr=[[0] * len(cs), [b - a for a, b in zip(p50, p90)]], marker="o", capsize=3,
                     label=f"{name} (bar: p90)")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("concurrency")
-    ax.set_ylabel("time to first token p50 (s)")
-    ax.set_title(f"{title}: TTFT vs concurrency")
+    paths.append(_save(plt, fig, ax, "concurrency", "time to first token p50 (s)",
+                       f"{title}: TTFT vs concurrency", out_prefix, "_ttft_concurrency.png"))
+    return paths
+
+
+def _save(plt, fig, ax, xlabel: str, ylabel: str, title: str, out_prefix: Path, suffix: str) -> str:
+    """Label, grid and legend one plot, write it as out_prefix + suffix, close it; returns the path."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    p = out_prefix.with_name(out_prefix.name + "_ttft_concurrency.png")
+    p = out_prefix.with_name(out_prefix.name + suffix)
     fig.tight_layout()
     fig.savefig(p, dpi=110)
     plt.close(fig)
-    paths.append(str(p))
-    return paths
+    return str(p)
 
 
 def now_iso() -> str:
