@@ -134,3 +134,19 @@ def test_parse_request_maps_settings():
                            end_strings=string_tensor("</s>", "STOP"), stream=np.array([True])), ServerLimits())
     assert r.sampling == {"tokens_to_generate": 5, "greedy": True}
     assert r.end_strings == ["</s>", "STOP"] and r.stream and r.media_type is None
+
+
+def test_a_server_not_ready_in_time_is_restarted_then_named(engine_dir, tmp_path, caplog):
+    """A start that does not become ready is retried (startup_retries), then refused naming the models still loading."""
+    from videoneva.config import load_config
+    from videoneva.serving.serve import ServeConfig, start_server
+    from videoneva.serving.server import ServerNotReady
+
+    cfg = load_config(ServeConfig, [f"engine_dir={engine_dir}", "grpc_port=0", "http_port=0", "metrics_port=0",
+                                    "startup_timeout=1", "startup_retries=1"])
+    with caplog.at_level("WARNING", logger="videoneva.serving.serve"), pytest.raises(ServerNotReady) as exc:
+        start_server(cfg, tmp_path)
+    assert "not ready after 1 s" in str(exc.value) and "models still loading" in str(exc.value)
+    assert any("restarting (1 of 1)" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ConfigError, match="startup_retries"):
+        load_config(ServeConfig, [f"engine_dir={engine_dir}", "startup_retries=-1"])

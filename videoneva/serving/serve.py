@@ -15,7 +15,7 @@ from typing import Optional
 from videoneva.config import DataConfig, TrainerConfig, _help, _positive, config_help, load_config
 from videoneva.errors import CheckpointError, ConfigError
 from videoneva.serving.render import pbtxt_string, render_repository
-from videoneva.serving.server import TritonServer, stub_python_path
+from videoneva.serving.server import ServerNotReady, TritonServer, stub_python_path
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,11 @@ class ServeConfig:
                                               "none (a request's insert_media_token wins)", default=None)
     device: str = _help("cpu | cuda | auto", default="auto")
     startup_timeout: float = _help("seconds to wait for the server to become ready", default=300.0)
+    startup_retries: int = _help("restarts when the server is not ready in time (a python-backend model "
+                                 "load can stall under heavy CPU load); 0 disables", default=1)
     log_verbose: int = _help("tritonserver --log-verbose level", default=0)
+    model_load_threads: int = _help("tritonserver --model-load-thread-count: models loaded at once (loading the "
+                                    "python models in parallel stalled some starts on CPU)", default=1)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: DataConfig = field(default_factory=DataConfig)
 
@@ -68,8 +72,10 @@ class ServeConfig:
             if not isinstance(v, int) or not 0 <= v <= 65535:
                 raise ConfigError(f"{key} must be a port number in 0..65535, got {v!r}")
         for key in ("preprocess_instances", "vision_instances", "vision_max_batch_frames", "llm_instances",
-                    "postprocess_instances", "videoneva_instances"):
+                    "postprocess_instances", "videoneva_instances", "model_load_threads"):
             _positive(key, getattr(self, key))
+        if isinstance(self.startup_retries, bool) or not isinstance(self.startup_retries, int) or self.startup_retries < 0:
+            raise ConfigError(f"startup_retries must be a whole number >= 0, got {self.startup_retries!r}")
         _positive("max_tokens", self.max_tokens)
         _positive("max_media_bytes", self.max_media_bytes)
         if self.insert_media_token not in (None, "left", "right"):
@@ -132,10 +138,17 @@ def start_server(cfg: ServeConfig, workdir: str | Path) -> TritonServer:
     check_model_source(cfg)
     repo = Path(cfg.model_repository) if cfg.model_repository else Path(workdir) / "model_repository"
     render(cfg, repo)
-    server = TritonServer(repo, host=cfg.host, grpc_port=cfg.grpc_port, http_port=cfg.http_port,
-                          metrics_port=cfg.metrics_port, log_verbose=cfg.log_verbose,
-                          log_file=Path(workdir) / "tritonserver.log")
-    return server.start(cfg.startup_timeout)
+    for attempt in range(cfg.startup_retries + 1):
+        server = TritonServer(repo, host=cfg.host, grpc_port=cfg.grpc_port, http_port=cfg.http_port,
+                              metrics_port=cfg.metrics_port, log_verbose=cfg.log_verbose, model_load_threads=cfg.model_load_threads,
+                              log_file=Path(workdir) / "tritonserver.log")
+        try:
+            return server.start(cfg.startup_timeout)
+        except ServerNotReady as exc:
+            if attempt == cfg.startup_retries:
+                raise
+            log.warning("%s; restarting (%d of %d)", str(exc).splitlines()[0], attempt + 1, cfg.startup_retries)
+    raise AssertionError("unreachable")
 
 
 def main(argv: list[str]) -> int:

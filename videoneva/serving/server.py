@@ -9,6 +9,7 @@ explicit --grpc-address/--http-address/--metrics-address, since the default is 0
 from __future__ import annotations
 
 import logging
+import re
 import os
 import shutil
 import signal
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 
 class ServeError(VideoNevaError):
     """The server cannot start (binary missing, port taken, model failed to load) or stopped."""
+
+
+class ServerNotReady(ServeError):
+    """The server is running but did not become ready in time (e.g. a model load stalled)."""
 
 
 def _pytriton_dir() -> Optional[Path]:
@@ -142,7 +147,7 @@ class TritonServer:
 
     def __init__(self, model_repository: str | Path, host: str = "127.0.0.1", grpc_port: int = 8001,
                  http_port: int = 8000, metrics_port: int = 8002, log_file: Optional[str | Path] = None,
-                 log_verbose: int = 0, binary: Optional[str | Path] = None):
+                 log_verbose: int = 0, binary: Optional[str | Path] = None, model_load_threads: int = 1):
         self.repo = Path(model_repository)
         self.host = host
         self.grpc_port = grpc_port or free_port(host)
@@ -150,6 +155,7 @@ class TritonServer:
         self.metrics_port = metrics_port or free_port(host)
         self.binary = Path(binary) if binary else find_tritonserver()
         self.log_verbose = log_verbose
+        self.model_load_threads = model_load_threads
         self._tmp = tempfile.TemporaryDirectory(prefix="videoneva-triton-")
         self.log_file = Path(log_file) if log_file else Path(self._tmp.name) / "tritonserver.log"
         self.proc: Optional[subprocess.Popen] = None
@@ -169,6 +175,7 @@ class TritonServer:
                 f"--http-address={h}", f"--http-port={self.http_port}",
                 "--allow-metrics=true", "--allow-gpu-metrics=false", f"--metrics-address={h}",
                 f"--metrics-port={self.metrics_port}", f"--log-verbose={self.log_verbose}",
+                f"--model-load-thread-count={self.model_load_threads}",
                 "--exit-on-error=true", "--strict-readiness=true", "--exit-timeout-secs=15"]
 
     def start(self, timeout: float = 300.0) -> "TritonServer":
@@ -178,6 +185,7 @@ class TritonServer:
         backend_dir = assemble_backend_dir(Path(self._tmp.name) / "backends", self.binary)
         cmd = self.command(backend_dir)
         log.info("starting %s", " ".join(cmd))
+        self._log_start = self.log_file.stat().st_size if self.log_file.is_file() else 0  # this start's lines only
         self._log_fh = open(self.log_file, "ab")
         # own session: a Ctrl-C in the terminal reaches us, and we stop the server in order
         self.proc = subprocess.Popen(cmd, stdout=self._log_fh, stderr=subprocess.STDOUT,
@@ -212,7 +220,21 @@ class TritonServer:
             if self.is_ready():
                 return
             time.sleep(0.25)
-        raise ServeError(f"tritonserver not ready after {timeout:.0f} s; last lines of {self.log_file}:\n{self.log_tail()}")
+        raise ServerNotReady(f"tritonserver not ready after {timeout:.0f} s (models still loading: "
+                             f"{', '.join(self.models_loading()) or 'none named'}); last lines of {self.log_file}:\n"
+                             f"{self.log_tail()}")
+
+    def models_loading(self) -> list[str]:
+        """Models the log says began loading and has not yet said were loaded (what a stall waits on)."""
+        try:
+            with open(self.log_file, "rb") as fh:
+                fh.seek(getattr(self, "_log_start", 0))
+                text = fh.read().decode(errors="replace")
+        except OSError:
+            text = ""
+        started = re.findall(r'"loading: ([^:"]+):', text)
+        done = set(re.findall(r"successfully loaded '([^']+)'", text))
+        return [m for m in dict.fromkeys(started) if m not in done]
 
     def stop(self, timeout: float = 30.0) -> Optional[int]:
         """SIGTERM, wait, then SIGKILL the process group; returns the exit status."""
