@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 from tests.serving.conftest import start
 from videoneva.cli import main as cli
@@ -65,10 +66,12 @@ def test_server_killed_mid_run_then_resume_finishes_with_nothing_lost(engine_dir
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 3):
             time.sleep(0.05)
+        regions = list(Path("/dev/shm").glob(srv.shm_prefix + "*"))
         srv.kill()
         job.join(300)
     finally:
         srv.stop()
+    assert regions and not any(r.exists() for r in regions), "a killed server's shared memory is left in /dev/shm"
     assert rc["rc"] == 1
     err = capsys.readouterr().err
     first = _records(out)

@@ -45,11 +45,12 @@ def test_vision_batch_smaller_than_a_video_is_refused(engine_dir, capsys):
 
 def test_serve_prints_the_endpoint_and_stops_cleanly_on_sigterm(engine_dir, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "videoneva.cli", "serve", f"engine_dir={engine_dir}", "grpc_port=0",
-                             "http_port=0", "metrics_port=0", "torch_threads=1"],
+                             "http_port=0", "metrics_port=0", "torch_threads=1", "startup_timeout=240",
+                             "startup_retries=1"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         ready = None
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 2 * 240 + 30  # a stalled first start is restarted
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
             if not line:
@@ -150,3 +151,31 @@ def test_a_server_not_ready_in_time_is_restarted_then_named(engine_dir, tmp_path
     assert any("restarting (1 of 1)" in r.getMessage() for r in caplog.records)
     with pytest.raises(ConfigError, match="startup_retries"):
         load_config(ServeConfig, [f"engine_dir={engine_dir}", "startup_retries=-1"])
+
+
+def test_a_stalled_start_is_named_before_the_timeout(tmp_path):
+    """A python model whose load stops using CPU is reported as a stall after stall_timeout, not startup_timeout."""
+    from videoneva.serving.server import ServerNotReady, TritonServer
+
+    model = tmp_path / "repo" / "sleepy"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text('backend: "python"\nmax_batch_size: 0\n'
+                                        'input [{ name: "x", data_type: TYPE_FP32, dims: [1] }]\n'
+                                        'output [{ name: "y", data_type: TYPE_FP32, dims: [1] }]\n'
+                                        'instance_group [{ kind: KIND_CPU, count: 1 }]\n')
+    (model / "1" / "model.py").write_text("import time\n\n\nclass TritonPythonModel:\n"
+                                          "    def initialize(self, args):\n        time.sleep(3600)\n")
+    srv = TritonServer(tmp_path / "repo", grpc_port=0, http_port=0, metrics_port=0, stall_timeout=5)
+    try:
+        with pytest.raises(ServerNotReady) as exc:
+            srv.start(timeout=600)
+    finally:
+        srv.stop()
+    msg = str(exc.value)
+    assert re.search(r"stalled: no CPU used for \d+ s", msg) and "models still loading: sleepy" in msg
+    assert not list(Path("/dev/shm").glob(srv.shm_prefix + "*")), "the stopped server's shared memory is left"
+    with pytest.raises(ConfigError, match="stall_timeout"):
+        from videoneva.config import load_config
+        from videoneva.serving.serve import ServeConfig
+
+        load_config(ServeConfig, ["engine_dir=x", "stall_timeout=-1"])

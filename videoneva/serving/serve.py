@@ -56,6 +56,9 @@ class ServeConfig:
                                               "none (a request's insert_media_token wins)", default=None)
     device: str = _help("cpu | cuda | auto", default="auto")
     startup_timeout: float = _help("seconds to wait for the server to become ready", default=300.0)
+    stall_timeout: float = _help("seconds with no CPU used by the server and its python stubs, while not ready, "
+                                 "after which a start counts as stalled and is retried (0: only startup_timeout)",
+                                 default=60.0)
     startup_retries: int = _help("restarts when the server is not ready in time (a python-backend model "
                                  "load can stall under heavy CPU load); 0 disables", default=1)
     log_verbose: int = _help("tritonserver --log-verbose level", default=0)
@@ -82,6 +85,9 @@ class ServeConfig:
             raise ConfigError(f"insert_media_token={self.insert_media_token!r}: choose left, right or null")
         if self.cache_bytes < 0 or self.torch_threads < 0 or self.vision_queue_delay_us < 0:
             raise ConfigError("cache_bytes, torch_threads and vision_queue_delay_us must be >= 0")
+        if not self.startup_timeout > 0 or self.stall_timeout < 0:
+            raise ConfigError(f"startup_timeout must be > 0 and stall_timeout >= 0, got {self.startup_timeout!r} "
+                              f"and {self.stall_timeout!r}")
 
 
 def pipeline_args(cfg: ServeConfig) -> list[str]:
@@ -141,7 +147,7 @@ def start_server(cfg: ServeConfig, workdir: str | Path) -> TritonServer:
     for attempt in range(cfg.startup_retries + 1):
         server = TritonServer(repo, host=cfg.host, grpc_port=cfg.grpc_port, http_port=cfg.http_port,
                               metrics_port=cfg.metrics_port, log_verbose=cfg.log_verbose, model_load_threads=cfg.model_load_threads,
-                              log_file=Path(workdir) / "tritonserver.log")
+                              log_file=Path(workdir) / "tritonserver.log", stall_timeout=cfg.stall_timeout)
         try:
             return server.start(cfg.startup_timeout)
         except ServerNotReady as exc:

@@ -9,8 +9,9 @@ explicit --grpc-address/--http-address/--metrics-address, since the default is 0
 from __future__ import annotations
 
 import logging
-import re
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -147,7 +148,8 @@ class TritonServer:
 
     def __init__(self, model_repository: str | Path, host: str = "127.0.0.1", grpc_port: int = 8001,
                  http_port: int = 8000, metrics_port: int = 8002, log_file: Optional[str | Path] = None,
-                 log_verbose: int = 0, binary: Optional[str | Path] = None, model_load_threads: int = 1):
+                 log_verbose: int = 0, binary: Optional[str | Path] = None, model_load_threads: int = 1,
+                 stall_timeout: float = 60.0):
         self.repo = Path(model_repository)
         self.host = host
         self.grpc_port = grpc_port or free_port(host)
@@ -156,6 +158,10 @@ class TritonServer:
         self.binary = Path(binary) if binary else find_tritonserver()
         self.log_verbose = log_verbose
         self.model_load_threads = model_load_threads
+        self.stall_timeout = stall_timeout
+        # The python backend names its shared-memory regions <prefix><uuid> under /dev/shm; our own
+        # prefix per start lets stop() remove what a killed server leaves behind.
+        self.shm_prefix = f"videoneva_{secrets.token_hex(6)}_"
         self._tmp = tempfile.TemporaryDirectory(prefix="videoneva-triton-")
         self.log_file = Path(log_file) if log_file else Path(self._tmp.name) / "tritonserver.log"
         self.proc: Optional[subprocess.Popen] = None
@@ -176,6 +182,7 @@ class TritonServer:
                 "--allow-metrics=true", "--allow-gpu-metrics=false", f"--metrics-address={h}",
                 f"--metrics-port={self.metrics_port}", f"--log-verbose={self.log_verbose}",
                 f"--model-load-thread-count={self.model_load_threads}",
+                f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
                 "--exit-on-error=true", "--strict-readiness=true", "--exit-timeout-secs=15"]
 
     def start(self, timeout: float = 300.0) -> "TritonServer":
@@ -212,7 +219,14 @@ class TritonServer:
             return False
 
     def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+        """Wait until ready; ServerNotReady after `timeout` s, or sooner when the start has stalled.
+
+        Stalled: the server and its python stubs used no CPU for `stall_timeout` s while not ready
+        (a python model's load then never finishes; see FINDINGS). A loading model uses CPU.
+        """
+        start = time.monotonic()
+        deadline = start + timeout
+        busy_at, cpu = start, self.group_cpu_seconds()
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise ServeError(f"tritonserver exited with status {self.proc.returncode} while starting; "
@@ -220,9 +234,36 @@ class TritonServer:
             if self.is_ready():
                 return
             time.sleep(0.25)
+            now, used = time.monotonic(), self.group_cpu_seconds()
+            if used is None or cpu is None or used - cpu > 0.05:
+                busy_at, cpu = now, used
+            elif self.stall_timeout and now - busy_at >= self.stall_timeout:
+                raise ServerNotReady(f"tritonserver start stalled: no CPU used for {now - busy_at:.0f} s after "
+                                     f"{now - start:.0f} s (models still loading: "
+                                     f"{', '.join(self.models_loading()) or 'none named'}); last lines of "
+                                     f"{self.log_file}:\n{self.log_tail()}")
         raise ServerNotReady(f"tritonserver not ready after {timeout:.0f} s (models still loading: "
                              f"{', '.join(self.models_loading()) or 'none named'}); last lines of {self.log_file}:\n"
                              f"{self.log_tail()}")
+
+    def group_cpu_seconds(self) -> Optional[float]:
+        """CPU seconds used so far by the server's process group (its python stubs included); None off Linux."""
+        if self.proc is None or not os.path.isdir("/proc"):
+            return None
+        hz = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    stat = fh.read()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+            if int(fields[2]) == self.proc.pid:  # pgrp: the server leads its own session
+                total += int(fields[11]) + int(fields[12])  # utime + stime
+        return total / hz
 
     def models_loading(self) -> list[str]:
         """Models the log says began loading and has not yet said were loaded (what a stall waits on)."""
@@ -250,9 +291,22 @@ class TritonServer:
                 self._killpg()
                 p.wait(10)
         self._killpg()  # python stubs left behind, if any
+        self.remove_shm_regions()
         if getattr(self, "_log_fh", None):
             self._log_fh.close()
         return p.returncode
+
+    def remove_shm_regions(self) -> list[str]:
+        """Remove the shared-memory regions this server's python backend left (a killed server leaves them)."""
+        shm = Path("/dev/shm")
+        gone = []
+        for f in shm.glob(self.shm_prefix + "*") if shm.is_dir() else []:
+            try:
+                f.unlink()
+                gone.append(f.name)
+            except OSError:
+                pass
+        return gone
 
     def kill(self) -> None:
         """Kill the server at once (tests: a server that dies mid-run)."""
