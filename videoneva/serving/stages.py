@@ -180,14 +180,14 @@ class Orchestrator:
         hit, key, media = None, None, {}
         if req.media_type is not None:
             pre_in["media_type"] = encode_text(req.media_type)
-            if req.media_bytes is not None:
+            key = self.front.media_key(Request(req.text, req.media_type, req.media_path, req.media_bytes))
+            hit = self.cache.get(key)
+            if hit is not None:  # preprocess only builds the prompt: the media need not travel again
+                pre_in["cached_rows"] = np.array([hit[0].shape[0]], np.int32)
+            elif req.media_bytes is not None:
                 pre_in["media_bytes_input"] = np.frombuffer(req.media_bytes, np.uint8)
             else:
                 pre_in["media_path"] = encode_text(req.media_path)
-            key = self.front.media_key(Request(req.text, req.media_type, req.media_path, req.media_bytes))
-            hit = self.cache.get(key)
-            if hit is not None:
-                pre_in["cached_rows"] = np.array([hit[0].shape[0]], np.int32)
         pre = call("preprocess", pre_in)
         ids = pre["input_ids"]
         table = None
