@@ -46,11 +46,11 @@ def test_vision_batch_smaller_than_a_video_is_refused(engine_dir, capsys):
 def test_serve_prints_the_endpoint_and_stops_cleanly_on_sigterm(engine_dir, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "videoneva.cli", "serve", f"engine_dir={engine_dir}", "grpc_port=0",
                              "http_port=0", "metrics_port=0", "torch_threads=1", "startup_timeout=240",
-                             "startup_retries=1"],
+                             "startup_retries=2"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         ready = None
-        deadline = time.monotonic() + 2 * 240 + 30  # a stalled first start is restarted
+        deadline = time.monotonic() + 3 * 240 + 30  # a stalled start is restarted
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
             if not line:
@@ -172,7 +172,7 @@ def test_a_stalled_start_is_named_before_the_timeout(tmp_path):
     finally:
         srv.stop()
     msg = str(exc.value)
-    assert re.search(r"stalled: no CPU used for \d+ s", msg) and "models still loading: sleepy" in msg
+    assert re.search(r"stalled: no progress for \d+ s", msg) and "models still loading: sleepy" in msg
     assert not list(Path("/dev/shm").glob(srv.shm_prefix + "*")), "the stopped server's shared memory is left"
     with pytest.raises(ConfigError, match="stall_timeout"):
         from videoneva.config import load_config

@@ -56,8 +56,9 @@ class ServeConfig:
                                               "none (a request's insert_media_token wins)", default=None)
     device: str = _help("cpu | cuda | auto", default="auto")
     startup_timeout: float = _help("seconds to wait for the server to become ready", default=300.0)
-    stall_timeout: float = _help("seconds with no CPU used by the server and its python stubs, while not ready, "
-                                 "after which a start counts as stalled and is retried (0: only startup_timeout)",
+    stall_timeout: float = _help("seconds without progress while not ready (the server and its python stubs use "
+                                 "under 2% of a core and the log does not grow), after which a start counts as "
+                                 "stalled and is retried (0: only startup_timeout)",
                                  default=60.0)
     startup_retries: int = _help("restarts when the server is not ready in time (a python-backend model "
                                  "load can stall under heavy CPU load); 0 disables", default=1)

@@ -8,6 +8,7 @@ explicit --grpc-address/--http-address/--metrics-address, since the default is 0
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import re
@@ -28,6 +29,10 @@ from typing import Optional
 from videoneva.errors import VideoNevaError
 
 log = logging.getLogger(__name__)
+
+
+# An idle server with its python stubs uses ~0.004 of a core (measured); a loading model ~1.
+STALL_CPU_CORES = 0.02
 
 
 class ServeError(VideoNevaError):
@@ -221,12 +226,13 @@ class TritonServer:
     def wait_ready(self, timeout: float) -> None:
         """Wait until ready; ServerNotReady after `timeout` s, or sooner when the start has stalled.
 
-        Stalled: the server and its python stubs used no CPU for `stall_timeout` s while not ready
-        (a python model's load then never finishes; see FINDINGS). A loading model uses CPU.
+        Stalled: for `stall_timeout` s while not ready, the server and its python stubs together
+        used under STALL_CPU_CORES of a core and the log did not grow (a python model's load then
+        never finishes; see README). A loading model uses CPU or logs; an idle server uses ~0.004.
         """
         start = time.monotonic()
         deadline = start + timeout
-        busy_at, cpu = start, self.group_cpu_seconds()
+        window: collections.deque = collections.deque()  # (time, cpu seconds, log size) in the last stall_timeout s
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise ServeError(f"tritonserver exited with status {self.proc.returncode} while starting; "
@@ -235,16 +241,27 @@ class TritonServer:
                 return
             time.sleep(0.25)
             now, used = time.monotonic(), self.group_cpu_seconds()
-            if used is None or cpu is None or used - cpu > 0.05:
-                busy_at, cpu = now, used
-            elif self.stall_timeout and now - busy_at >= self.stall_timeout:
-                raise ServerNotReady(f"tritonserver start stalled: no CPU used for {now - busy_at:.0f} s after "
-                                     f"{now - start:.0f} s (models still loading: "
-                                     f"{', '.join(self.models_loading()) or 'none named'}); last lines of "
-                                     f"{self.log_file}:\n{self.log_tail()}")
+            if used is None or not self.stall_timeout:
+                continue
+            window.append((now, used, self._log_size()))
+            while len(window) > 1 and now - window[1][0] >= self.stall_timeout:
+                window.popleft()
+            t0, cpu0, log0 = window[0]
+            if now - t0 >= self.stall_timeout and window[-1][2] == log0 and \
+                    (used - cpu0) / (now - t0) < STALL_CPU_CORES:
+                raise ServerNotReady(f"tritonserver start stalled: no progress for {now - t0:.0f} s after "
+                                     f"{now - start:.0f} s ({(used - cpu0) / (now - t0):.3f} of a core used, log "
+                                     f"unchanged; models still loading: {', '.join(self.models_loading()) or 'none named'}); "
+                                     f"last lines of {self.log_file}:\n{self.log_tail()}")
         raise ServerNotReady(f"tritonserver not ready after {timeout:.0f} s (models still loading: "
                              f"{', '.join(self.models_loading()) or 'none named'}); last lines of {self.log_file}:\n"
                              f"{self.log_tail()}")
+
+    def _log_size(self) -> int:
+        try:
+            return self.log_file.stat().st_size
+        except OSError:
+            return -1
 
     def group_cpu_seconds(self) -> Optional[float]:
         """CPU seconds used so far by the server's process group (its python stubs included); None off Linux."""
