@@ -10,7 +10,7 @@ from videoneva.runtime.pipeline import Request
 def test_settings_map_to_generation_config(tiny_tokenizer):
     gc = generation_config(SamplingSettings(greedy=False, temperature=0.2, top_k=0, top_p=0.9,
                                             repetition_penalty=1.2, tokens_to_generate=256), tiny_tokenizer)
-    assert gc.do_sample and gc.temperature == 0.2 and gc.top_k is None and gc.top_p == 0.9
+    assert gc.do_sample and gc.temperature == 0.2 and gc.top_k == 0 and gc.top_p == 0.9  # 0: off, not 50
     assert gc.repetition_penalty == 1.2 and gc.max_new_tokens == 256
     greedy = generation_config(SamplingSettings(greedy=True, top_k=5), tiny_tokenizer)
     assert not greedy.do_sample and greedy.top_k is None

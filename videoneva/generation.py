@@ -1,4 +1,5 @@
-"""Sampling settings → transformers GenerationConfig (torch backend) and TensorRT-LLM sampling kwargs."""
+"""Sampling settings → transformers GenerationConfig (the reference the torch decode loop is tested against) and
+TensorRT-LLM sampling kwargs."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -59,8 +60,8 @@ def generation_config(s: SamplingSettings, tokenizer: PreTrainedTokenizerBase) -
     if s.greedy:
         kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
     else:
-        kwargs.update(do_sample=True, temperature=s.temperature, top_k=s.top_k or None,
-                      top_p=s.top_p if s.top_p < 1.0 else None)
+        # explicit 0 / 1.0 for "off": None would let transformers' defaults (top_k=50) apply
+        kwargs.update(do_sample=True, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
     return GenerationConfig(**kwargs)
 
 

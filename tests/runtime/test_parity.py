@@ -7,7 +7,7 @@ import torch
 from transformers import LlavaForConditionalGeneration
 
 from videoneva.config import InferConfig, load_config
-from videoneva.generation import SamplingSettings
+from videoneva.generation import SamplingSettings, generation_config, split_end_strings
 from videoneva.media import load_media
 from videoneva.runtime.loader import build_pipeline
 from videoneva.runtime.pipeline import Request
@@ -56,6 +56,61 @@ def test_greedy_generation_matches_transformers_generate(tiny_checkpoint, media_
                                  pad_token_id=pipe.tokenizer.pad_token_id)
     assert ours.token_ids == ref[0, ref_ids.shape[1]:].tolist()[: len(ours.token_ids)]
     assert len(ours.token_ids) > 0
+
+
+def _transformers_generate(pipe, tiny_checkpoint, ref_ids, pixels, sampling):
+    """transformers' own generate() with the GenerationConfig these settings map to."""
+    ref_model = LlavaForConditionalGeneration.from_pretrained(tiny_checkpoint).eval()
+    gc = generation_config(sampling, pipe.tokenizer)
+    gc.output_logits = True
+    if sampling.seed is not None:
+        torch.manual_seed(sampling.seed)
+    with torch.inference_mode():
+        out = ref_model.generate(input_ids=ref_ids, pixel_values=pixels, attention_mask=torch.ones_like(ref_ids),
+                                 generation_config=gc, tokenizer=pipe.tokenizer)
+    new = out.sequences[0, ref_ids.shape[1]:].tolist()
+    logprobs = torch.stack(out.logits, 1)[0].float().log_softmax(-1).gather(1, torch.tensor(new)[:, None])[:, 0]
+    return new, logprobs.tolist()
+
+
+def test_every_sampling_knob_matches_transformers_generate(tiny_checkpoint, media_dir):
+    """Our decode loop applies transformers' processors as its generate() does: the same samples
+    (seeded), the same greedy ids under a repetition penalty, the same stops and log-probs."""
+    pipe = _pipeline(tiny_checkpoint, media_dir)
+    ids, ref_ids, pixels = _reference_inputs(pipe, media_dir, "Can you describe the scene?")
+    feats, _ = pipe.features(Request("q", "video", "clip.mp4"))
+    vocab = pipe.tokenizer.convert_ids_to_tokens(list(range(pipe.llm.vocab_size)))
+    cases = [
+        SamplingSettings(tokens_to_generate=10, greedy=True, repetition_penalty=1.5, end_strings=[]),
+        SamplingSettings(tokens_to_generate=10, greedy=False, temperature=0.7, top_k=20, top_p=0.9,
+                         repetition_penalty=1.2, min_tokens_to_generate=3, seed=5, end_strings=[]),
+        SamplingSettings(tokens_to_generate=10, greedy=False, temperature=1.3, top_k=0, top_p=1.0,
+                         repetition_penalty=1.0, seed=11, end_strings=[]),
+    ]
+    for sampling in cases:
+        sampling.all_probs = True
+        ours = pipe.llm.generate(ids, feats, sampling)
+        ref, ref_logprobs = _transformers_generate(pipe, tiny_checkpoint, ref_ids, pixels, sampling)
+        assert ours.token_ids == ref[: len(ours.token_ids)] and len(ours.token_ids) == len(ref), (sampling, vocab[:3])
+        torch.testing.assert_close(torch.tensor(ours.logprobs), torch.tensor(ref_logprobs), rtol=1e-4, atol=1e-4)
+    # stops: a multi-token end string (matched as text) and a one-token one (a stop id), where the
+    # greedy answer really produces them
+    greedy = SamplingSettings(tokens_to_generate=12, greedy=True, repetition_penalty=1.0, end_strings=[])
+    free = pipe.llm.generate(ids, feats, greedy).token_ids
+    assert len(free) >= 4
+    tok = pipe.tokenizer
+    texts = [tok.decode(free[i:i + 2]) for i in range(1, len(free) - 1)]
+    text_stop = next(t for t in texts if t.strip() and "\ufffd" not in t)
+    singles = [tok.decode([i]) for i in free[1:]]
+    id_stop = next(t for t in singles if tok.encode(t, add_special_tokens=False) in ([free[1:][singles.index(t)]],))
+    assert split_end_strings(tok, [text_stop])[1] == [text_stop] and not split_end_strings(tok, [id_stop])[1]
+    for end in ([text_stop], [id_stop]):
+        sampling = dataclasses.replace(greedy, end_strings=end)
+        ours = pipe.llm.generate(ids, feats, sampling)
+        ref, _ = _transformers_generate(pipe, tiny_checkpoint, ref_ids, pixels, sampling)
+        stop_ids = set(generation_config(sampling, pipe.tokenizer).eos_token_id or [])
+        ref = ref[:-1] if ref and ref[-1] in stop_ids else ref
+        assert ours.finish_reason == "stop" and ours.token_ids == ref and len(ours.token_ids) < len(free), end
 
 
 def test_repetition_penalty_sees_prompt_and_sampling_is_seeded(tiny_checkpoint, media_dir):

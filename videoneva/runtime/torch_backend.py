@@ -7,9 +7,17 @@ from typing import Optional
 import numpy as np
 import torch
 from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
-from transformers.generation.streamers import BaseStreamer
+from transformers.generation import (
+    LogitsProcessorList,
+    MinNewTokensLengthLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    StopStringCriteria,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
-from videoneva.generation import SamplingSettings, generation_config
+from videoneva.generation import SamplingSettings, split_end_strings
 from videoneva.model.vision import VisionFeatures
 from videoneva.runtime.base import GenerationOutput, TokenCallback
 
@@ -32,23 +40,6 @@ class TorchVisionEncoder:
         return self.module(x)
 
 
-class _CallbackStreamer(BaseStreamer):
-    """Calls on_token(id) for each generated id; generate() first puts the prompt, which is skipped."""
-
-    def __init__(self, on_token: TokenCallback):
-        self.on_token, self.prompt_seen = on_token, False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        for t in value.reshape(-1).tolist():
-            self.on_token(int(t))
-
-    def end(self) -> None:
-        pass
-
-
 class TorchLanguageModel:
     """An LLM driven with ids + prompt table (fake ids ≥ vocab_size → prompt table rows).
 
@@ -65,6 +56,7 @@ class TorchLanguageModel:
         self.image_token_id = media_token_id if media_token_id is not None else model.config.image_token_id
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
+        self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
 
     def embed(self, input_ids: list[int], prompt_table: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs_embeds [1, L, D], bookkeeping ids [1, L]: fake ids replaced by the image token id)."""
@@ -87,29 +79,74 @@ class TorchLanguageModel:
         embeds, _ = self.embed(input_ids, prompt_table)
         return self.model(inputs_embeds=embeds).logits[0]
 
+    def logits_processors(self, sampling: SamplingSettings, stop_ids: list[int], prompt_len: int) -> LogitsProcessorList:
+        """transformers' own processors, in the order its generate() applies them."""
+        procs = LogitsProcessorList()
+        if sampling.repetition_penalty != 1.0:
+            procs.append(RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty))
+        if sampling.min_tokens_to_generate > 0 and stop_ids:
+            procs.append(MinNewTokensLengthLogitsProcessor(prompt_len, sampling.min_tokens_to_generate, stop_ids,
+                                                           device=str(self.device)))
+        if not sampling.greedy:
+            if sampling.temperature != 1.0:
+                procs.append(TemperatureLogitsWarper(sampling.temperature))
+            if sampling.top_k:
+                procs.append(TopKLogitsWarper(sampling.top_k))
+            if sampling.top_p < 1.0:
+                procs.append(TopPLogitsWarper(sampling.top_p))
+        return procs
+
+    def stop_string_criteria(self, texts: tuple[str, ...]) -> Optional[StopStringCriteria]:
+        """Built once per set of end strings (it indexes the whole vocabulary)."""
+        if not texts:
+            return None
+        if texts not in self._stop_criteria:
+            self._stop_criteria[texts] = StopStringCriteria(self.tokenizer, list(texts))
+        return self._stop_criteria[texts]
+
     @torch.inference_mode()
     def generate(self, input_ids: list[int], prompt_table: Optional[torch.Tensor], sampling: SamplingSettings,
                  on_token: Optional[TokenCallback] = None) -> GenerationOutput:
+        """One request, batch 1: a prefill, then one cached step per token.
+
+        The same processors, token choice and stop rules as transformers' generate() (greedy and
+        seeded samples are identical to it, tests/runtime/test_parity.py), without its per-call
+        set-up, which costs more than this whole loop on a small model on CPU.
+        """
         t0 = time.perf_counter()
-        embeds, real = self.embed(input_ids, prompt_table)
-        gc = generation_config(sampling, self.tokenizer)
-        gc.output_logits = sampling.all_probs
+        embeds, ids = self.embed(input_ids, prompt_table)
+        stop_ids, stop_texts = split_end_strings(self.tokenizer, sampling.end_strings)
+        procs = self.logits_processors(sampling, stop_ids, ids.shape[1])
+        stop_text = self.stop_string_criteria(tuple(stop_texts))
         if sampling.seed is not None and not sampling.greedy:
             torch.manual_seed(sampling.seed)
-        out = self.model.generate(
-            input_ids=real, inputs_embeds=embeds, attention_mask=torch.ones_like(real), generation_config=gc,
-            tokenizer=self.tokenizer, streamer=_CallbackStreamer(on_token) if on_token else None,
-        )
-        new = out.sequences[0, real.shape[1]:].tolist()
-        stop_ids = set(gc.eos_token_id or [])
+        new: list[int] = []
+        raw: list[torch.Tensor] = []
         finish = "length"
-        if new and new[-1] in stop_ids:
-            new, finish = new[:-1], "stop"
-        elif len(new) < sampling.tokens_to_generate:
-            finish = "stop"  # a text end string stopped it
+        embed_tokens = self.model.get_input_embeddings()
+        out = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1) if sampling.tokens_to_generate else None
+        while out is not None:
+            logits = out.logits[:, -1].float()  # (1, vocab)
+            if sampling.all_probs:
+                raw.append(logits[0])
+            scores = procs(ids, logits)
+            nxt = torch.multinomial(scores.softmax(-1), 1)[:, 0] if not sampling.greedy else scores.argmax(-1)
+            ids = torch.cat([ids, nxt[:, None]], dim=-1)
+            tid = int(nxt)
+            new.append(tid)
+            if on_token is not None:
+                on_token(tid)
+            if tid in stop_ids or (stop_text is not None and bool(stop_text(ids, logits)[0])):
+                finish = "stop"
+                break
+            if len(new) >= sampling.tokens_to_generate:
+                break
+            out = self.model(inputs_embeds=embed_tokens(nxt[:, None]), cache=out.cache, use_cache=True)
         logprobs = None
         if sampling.all_probs:
-            steps = torch.stack(out.logits, dim=1)[0].float().log_softmax(-1)  # (steps, vocab)
-            chosen = out.sequences[0, real.shape[1]:real.shape[1] + steps.shape[0]]
-            logprobs = steps.gather(1, chosen[:, None])[:, 0].tolist()[: len(new)]
+            steps = torch.stack(raw).log_softmax(-1) if raw else torch.zeros(0, self.vocab_size)
+            logprobs = steps.gather(1, torch.tensor(new, dtype=torch.long)[:, None])[:, 0].tolist()
+        if new and new[-1] in stop_ids:
+            new = new[:-1]
+            logprobs = logprobs[: len(new)] if logprobs is not None else None
         return GenerationOutput(new, finish, logprobs, {"generate_s": time.perf_counter() - t0})
