@@ -15,6 +15,7 @@ from tests.serving.conftest import MAX_MEDIA_BYTES, MAX_TOKENS
 from videoneva import prompts
 from videoneva.generation import SamplingSettings
 from videoneva.runtime.pipeline import Request
+from videoneva.serving.protocol import string_tensor
 
 N_TOKENS = 12
 
@@ -106,6 +107,42 @@ def test_a_repeated_video_is_a_cache_hit(client, server, media_dir):
     assert "encode_s" not in second["media"]
     assert _metric(server, "videoneva_feature_cache_hits_total") >= hits_before + 1
     assert _metric(server, "videoneva_feature_cache_bytes") > 0
+
+
+def test_a_repeat_sends_only_the_digest_and_a_forgotten_one_sends_the_bytes(server, client, media_dir, tmp_path):
+    """The client sends media once; later questions carry only its sha256. A digest the server does
+    not hold is refused with MEDIA_NOT_CACHED (by name), and the client then sends the bytes."""
+    from videoneva.media import media_digest
+    from videoneva.media.encode import encode_video, gradient_frames
+    from videoneva.serving import Client
+    from videoneva.serving.protocol import MEDIA_NOT_CACHED
+
+    fresh = encode_video(gradient_frames(10, 72, 96, seed=77), tmp_path / "fresh.mp4", "h264").read_bytes()
+    sent = []
+    with Client(server.grpc_url, timeout=120, retries=1) as c:
+        send = c._send
+        c._send = lambda tensors, *a: sent.append(sorted(tensors)) or send(tensors, *a)
+        first = remote(c, "Which colour?", media_type="video", media_bytes=fresh)
+        again = remote(c, "Which colour?", media_type="video", media_bytes=fresh)
+        assert "media_bytes_input" in sent[0] and "media_digest" not in sent[0]
+        assert "media_digest" in sent[1] and "media_bytes_input" not in sent[1]
+        assert again["media"]["cache"] == "hit" and again["token_ids"] == first["token_ids"]
+        assert media_digest(fresh) in c._seen
+
+    err = _raw_infer(server, [_input(k, string_tensor(v), "BYTES") for k, v in
+                              (("text_input", "q?"), ("media_type", "video"), ("media_digest", "ab" * 32))])
+    assert err is not None and MEDIA_NOT_CACHED in err and "send media_bytes_input" in err, err
+    good_request(client, media_dir)
+
+    other = encode_video(gradient_frames(10, 72, 96, seed=78), tmp_path / "other.mp4", "h264").read_bytes()
+    sent.clear()
+    with Client(server.grpc_url, timeout=120, retries=1) as c:
+        c._seen[media_digest(other)] = None  # as if sent before, but the server never saw it
+        send = c._send
+        c._send = lambda tensors, *a: sent.append(sorted(tensors)) or send(tensors, *a)
+        out = remote(c, "Which colour?", media_type="video", media_bytes=other)
+        assert out["media"]["cache"] == "miss" and out["token_ids"]
+        assert "media_bytes_input" not in sent[0] and "media_bytes_input" in sent[1] and len(sent) == 2
 
 
 def _raw_infer(server, inputs):

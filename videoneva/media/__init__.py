@@ -21,10 +21,10 @@ from videoneva.media.settings import CLIP_MEAN, CLIP_STD, MediaSettings  # noqa:
 from videoneva.media.sources import MediaRoot  # noqa: E402
 
 __all__ = ["MediaSample", "MediaSettings", "MediaRoot", "VideoMeta", "load_media", "load_media_bytes",
-           "media_content_hash", "media_hash", "decode_video", "decode_image", "preprocess_frames", "select_frame_indices",
-           "CLIP_MEAN", "CLIP_STD"]
+           "media_content_hash", "media_hash", "media_digest", "key_for_digest", "decode_video", "decode_image",
+           "preprocess_frames", "select_frame_indices", "CLIP_MEAN", "CLIP_STD"]
 
-_HASH_VERSION = b"videoneva-media-v1"
+_HASH_VERSION = b"videoneva-media-v2"
 _CHUNK = 1 << 20
 
 
@@ -37,16 +37,26 @@ class MediaSample:
     content_hash: str          # media_content_hash(bytes, settings): the feature-cache key
 
 
-def _hasher(settings: MediaSettings) -> "hashlib._Hash":
-    # settings first, then the bytes, so a file can be hashed in chunks with the same result
+def media_digest(data: bytes) -> str:
+    """sha256 (hex) of the encoded file alone: what a client sends instead of media it sent before."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def key_for_digest(digest: str, settings: MediaSettings) -> str:
+    """The feature-cache key of a file with this media_digest under these settings.
+
+    sha256 over the settings that shape the output tensor and the file's digest, so the key is
+    known from the digest alone (a client need not send the bytes again to find its features).
+    """
     h = hashlib.sha256(_HASH_VERSION)
     h.update(json.dumps(settings.output_key(), sort_keys=True).encode())
     h.update(b"\0")
-    return h
+    h.update(digest.encode("ascii"))
+    return h.hexdigest()
 
 
 def media_content_hash(data: bytes, settings: MediaSettings) -> str:
-    """sha256 (hex) of the media bytes together with the settings that shape the output tensor.
+    """The feature-cache key of the media bytes together with the settings that shape the output tensor.
 
     Two requests with the same file content and the same sampling/preprocessing share a key
     whatever the file is called; the safety limits are not part of it.
@@ -55,18 +65,16 @@ def media_content_hash(data: bytes, settings: MediaSettings) -> str:
         data: the encoded file.
         settings: media settings (media_type, sampling, sizes, mean/std, aspect mode, decoder).
     """
-    h = _hasher(settings)
-    h.update(data)
-    return h.hexdigest()
+    return key_for_digest(media_digest(data), settings)
 
 
 def _file_hash(path: Path, settings: MediaSettings) -> str:
     """media_content_hash of a file's content, read in chunks."""
-    h = _hasher(settings)
+    h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             h.update(chunk)
-    return h.hexdigest()
+    return key_for_digest(h.hexdigest(), settings)
 
 
 def media_hash(root: MediaRoot, rel: str, settings: MediaSettings) -> str:

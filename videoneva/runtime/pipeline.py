@@ -16,7 +16,7 @@ import torch
 from videoneva import prompts
 from videoneva.errors import ConfigError, PromptError
 from videoneva.generation import SamplingSettings, trim_at_end_strings
-from videoneva.media import MediaSample, load_media, load_media_bytes, media_content_hash, media_hash
+from videoneva.media import MediaSample, key_for_digest, load_media, load_media_bytes, media_content_hash, media_hash
 from videoneva.media.settings import MediaSettings
 from videoneva.media.sources import MediaRoot
 from videoneva.model.vision import tokens_per_frame
@@ -95,6 +95,10 @@ class Front:
         if req.media_bytes is not None:
             return media_content_hash(req.media_bytes, ms)
         return media_hash(self.media_root, req.media_path, ms)
+
+    def media_key_for_digest(self, digest: str, media_type: str) -> str:
+        """The feature-cache key of a file known only by its media_digest (sha256 hex of the file)."""
+        return key_for_digest(digest, self.media_settings(media_type))
 
     def decode(self, req: Request) -> MediaSample:
         """Decode the sampled frames and CLIP-preprocess them (MediaError on bad media)."""

@@ -7,6 +7,11 @@
         print(result["clean_response"])
         c.answer("Describe the video.", media_type="video", media_bytes=…, on_delta=print)  # streams
 
+Media are sent once: after a server has answered about a file (and said it caches features), the
+client sends only the file's sha256 (`media_digest`) for further questions about it; when the server
+no longer holds those features it refuses with MEDIA_NOT_CACHED and the client sends the bytes at
+once (`send_digests=False` turns this off).
+
 The model is decoupled, so every call goes through a gRPC stream. A call is retried with
 exponential backoff when the server is unreachable or the stream breaks (the server restarting,
 a timeout); a request the server refuses (bad media, bad values) is not retried and raises
@@ -15,15 +20,17 @@ its own gRPC connection.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
+from collections import OrderedDict
 from typing import Callable, Optional
 
 import numpy as np
 
 from videoneva.errors import VideoNevaError
-from videoneva.serving.protocol import INPUTS, MODEL_NAME, string_tensor
+from videoneva.serving.protocol import INPUTS, MEDIA_NOT_CACHED, MODEL_NAME, string_tensor
 
 
 class RequestFailed(VideoNevaError):
@@ -53,11 +60,15 @@ class Client:
         retries: further attempts after a transient failure.
         backoff: seconds before the first retry; doubles each time.
         model: the entry model's name.
+        send_digests: send only the digest of media this server has already seen (see above).
+        max_digests: digests remembered (oldest forgotten first).
     """
 
     def __init__(self, url: str, timeout: float = 300.0, retries: int = 3, backoff: float = 0.5,
-                 model: str = MODEL_NAME):
+                 model: str = MODEL_NAME, send_digests: bool = True, max_digests: int = 4096):
         self.url, self.timeout, self.retries, self.backoff, self.model = url, timeout, retries, backoff, model
+        self.send_digests, self.max_digests = send_digests, max_digests
+        self._seen: OrderedDict[str, None] = OrderedDict()  # digests of media the server has features of
         self._local = threading.local()
         self._all: list = []
         self._lock = threading.Lock()
@@ -88,7 +99,8 @@ class Client:
     @staticmethod
     def inputs(text: str, media_type: Optional[str] = None, media_bytes: Optional[bytes] = None,
                media_path: Optional[str] = None, end_strings: Optional[list[str]] = None,
-               insert_media_token: Optional[str] = None, stream: bool = False, **sampling) -> dict[str, np.ndarray]:
+               insert_media_token: Optional[str] = None, stream: bool = False, media_digest: Optional[str] = None,
+               **sampling) -> dict[str, np.ndarray]:
         """The request's tensors. sampling: max_tokens, min_tokens, greedy, temperature, top_k, top_p,
         repetition_penalty, seed, return_log_probs (None values are left out: the server's defaults)."""
         t: dict[str, np.ndarray] = {"text_input": string_tensor(text), "stream": np.array([stream])}
@@ -98,6 +110,8 @@ class Client:
             t["media_bytes_input"] = np.frombuffer(media_bytes, np.uint8)
         if media_path is not None:
             t["media_path"] = string_tensor(media_path)
+        if media_digest is not None:
+            t["media_digest"] = string_tensor(media_digest)
         if end_strings:
             t["end_strings"] = string_tensor(*end_strings)
         if insert_media_token is not None:
@@ -117,7 +131,29 @@ class Client:
         on_delta: called with each text piece as it streams (the request is sent with stream=true).
         Raises RequestFailed (the server refused it) or ServerUnavailable (after the retries).
         """
-        tensors = self.inputs(text, stream=on_delta is not None, **kwargs)
+        data = kwargs.get("media_bytes")
+        if data is None or not self.send_digests or kwargs.get("media_digest") is not None:
+            return self._send(self.inputs(text, stream=on_delta is not None, **kwargs), on_delta, request_id)
+        digest = hashlib.sha256(data).hexdigest()  # = videoneva.media.media_digest (tested)
+        if digest in self._seen:
+            light = self.inputs(text, stream=on_delta is not None, **{**kwargs, "media_bytes": None}, media_digest=digest)
+            try:
+                return self._send(light, on_delta, request_id)
+            except RequestFailed as exc:
+                if MEDIA_NOT_CACHED not in str(exc):
+                    raise
+                with self._lock:
+                    self._seen.pop(digest, None)
+        result = self._send(self.inputs(text, stream=on_delta is not None, **kwargs), on_delta, request_id)
+        if (result.get("media") or {}).get("cache") in ("hit", "miss"):  # the server keeps features
+            with self._lock:
+                self._seen[digest] = None
+                self._seen.move_to_end(digest)
+                while len(self._seen) > self.max_digests:
+                    self._seen.popitem(last=False)
+        return result
+
+    def _send(self, tensors: dict[str, np.ndarray], on_delta, request_id: str) -> dict:
         delay, last = self.backoff, None
         for attempt in range(self.retries + 1):
             try:

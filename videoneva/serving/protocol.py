@@ -3,7 +3,9 @@
 Names follow tensorrtllm_backend's ensemble where one exists (text_input, max_tokens, top_k,
 top_p, temperature, repetition_penalty, min_tokens, seed, stream, return_log_probs, text_output).
 Media travel as encoded bytes (`media_bytes_input`), or as a path under the server's media root
-(`media_path`, confined like media_base_path). All inputs but text_input are optional.
+(`media_path`, confined like media_base_path). A client that sent a file before may send only its
+`media_digest` (sha256 hex of the file): the server answers from its feature cache, or refuses with
+MEDIA_NOT_CACHED, and the client sends the bytes. All inputs but text_input are optional.
 
 Text is TYPE_STRING (BYTES, UTF-8), one element; end_strings is a list of them; result_json is
 the whole answer as JSON. (The python backend stub corrupts every tensor when its interpreter
@@ -11,6 +13,8 @@ imports a numpy 2.x; server.py starts it inside this venv, whose numpy is 1.x.)
 """
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
@@ -26,6 +30,7 @@ INPUTS: dict[str, tuple[str, Any, list[int]]] = {
     "media_type": ("TYPE_STRING", np.object_, [1]),
     "media_bytes_input": ("TYPE_UINT8", np.uint8, [-1]),
     "media_path": ("TYPE_STRING", np.object_, [1]),
+    "media_digest": ("TYPE_STRING", np.object_, [1]),
     "max_tokens": ("TYPE_INT32", np.int32, [1]),
     "min_tokens": ("TYPE_INT32", np.int32, [1]),
     "greedy": ("TYPE_BOOL", np.bool_, [1]),
@@ -48,7 +53,11 @@ OUTPUTS: dict[str, tuple[str, Any, list[int]]] = {
     "result_json": ("TYPE_STRING", np.object_, [1]),
 }
 MEDIA_TYPES = ("video", "image")
+# The start of the error for a media_digest whose features the server does not hold (evicted, a
+# restarted server, a server without a cache): send the media bytes instead.
+MEDIA_NOT_CACHED = "MEDIA_NOT_CACHED"
 INSERT_CHOICES = ("left", "right", "none")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 class RequestError(VideoNevaError):
@@ -75,6 +84,7 @@ class ParsedRequest:
     stream: bool
     end_strings: list[str]
     insert_media_token: Optional[str] = None   # left | right | none; None: the server's setting
+    media_digest: Optional[str] = None         # sha256 hex of the media file (media_digest input)
 
 
 def _scalar(arr: Optional[np.ndarray], name: str) -> Any:
@@ -92,7 +102,7 @@ def _scalar(arr: Optional[np.ndarray], name: str) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
-TEXT_INPUTS = ("text_input", "media_type", "media_path", "end_strings")
+TEXT_INPUTS = ("text_input", "media_type", "media_path", "media_digest", "end_strings")
 
 
 def encode_text(text: str) -> np.ndarray:
@@ -154,14 +164,23 @@ def parse_request(inputs: Mapping[str, Optional[np.ndarray]], limits: ServerLimi
         if arr.size > limits.max_media_bytes:
             raise RequestError(f"input 'media_bytes_input' is {arr.size} bytes; the limit is {limits.max_media_bytes}")
         data = arr.tobytes()
+    digest = _text(inputs.get("media_digest"), "media_digest") or None
     if data is not None and path:
         raise RequestError("give media_bytes_input or media_path, not both")
-    if (data is not None or path) and media_type is None:
+    if digest is not None:
+        if not _DIGEST.fullmatch(digest):
+            raise RequestError(f"input 'media_digest' must be the sha256 of the media file as 64 lowercase hex "
+                               f"digits, got {digest[:80]!r}")
+        if path:
+            raise RequestError("media_digest goes with media_bytes_input or alone, not with media_path")
+        if data is not None and hashlib.sha256(data).hexdigest() != digest:
+            raise RequestError("input 'media_digest' is not the sha256 of media_bytes_input")
+    if (data is not None or path or digest) and media_type is None:
         raise RequestError(f"input 'media_type' ({' | '.join(MEDIA_TYPES)}) is required with media")
     if media_type is not None and media_type not in MEDIA_TYPES:
         raise RequestError(f"input 'media_type'={media_type!r} is not valid; choose one of {list(MEDIA_TYPES)}")
-    if media_type is not None and data is None and not path:
-        raise RequestError(f"media_type={media_type!r} but neither media_bytes_input nor media_path was given")
+    if media_type is not None and data is None and not path and digest is None:
+        raise RequestError(f"media_type={media_type!r} but none of media_bytes_input, media_path, media_digest was given")
     s: dict[str, Any] = {}
     for name, field in (("max_tokens", "tokens_to_generate"), ("min_tokens", "min_tokens_to_generate"),
                         ("greedy", "greedy"), ("temperature", "temperature"), ("top_k", "top_k"), ("top_p", "top_p"),
@@ -189,4 +208,4 @@ def parse_request(inputs: Mapping[str, Optional[np.ndarray]], limits: ServerLimi
     insert = _text(inputs.get("insert_media_token"), "insert_media_token")
     if insert is not None and insert not in INSERT_CHOICES:
         raise RequestError(f"input 'insert_media_token'={insert!r} is not valid; choose one of {list(INSERT_CHOICES)}")
-    return ParsedRequest(text, media_type, path, data, s, stream, [e for e in ends if e], insert)
+    return ParsedRequest(text, media_type, path, data, s, stream, [e for e in ends if e], insert, digest)

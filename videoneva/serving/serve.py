@@ -128,7 +128,7 @@ def render(cfg: ServeConfig, out_dir: str | Path) -> Path:
     threads = {"torch_threads": cfg.torch_threads}
     models = {
         "videoneva": {**common, "max_tokens": cfg.max_tokens, "max_media_bytes": cfg.max_media_bytes,
-                      "videoneva_instances": cfg.videoneva_instances},
+                      "cache_bytes": cfg.cache_bytes, "videoneva_instances": cfg.videoneva_instances},
         "feature_cache": {"python_path": common["python_path"], "cache_bytes": cfg.cache_bytes},
         "preprocess": {**common, **threads, "preprocess_instances": cfg.preprocess_instances},
         "vision_encoder": {**common, **threads, "vision_instances": cfg.vision_instances,

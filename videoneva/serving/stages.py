@@ -28,7 +28,7 @@ from videoneva import prompts
 from videoneva.config import InferConfig, load_config
 from videoneva.generation import SamplingSettings
 from videoneva.runtime.pipeline import Front, Request, media_meta
-from videoneva.serving.protocol import ParsedRequest, RequestError, encode_text
+from videoneva.serving.protocol import MEDIA_NOT_CACHED, ParsedRequest, RequestError, encode_text
 
 # Tensors between the models: name -> (Triton dtype, dims). Text is UTF-8 in UINT8 (protocol.py).
 PREPROCESS_IN = {"text_input": ("TYPE_UINT8", [-1]), "media_type": ("TYPE_UINT8", [-1]),
@@ -153,7 +153,8 @@ class Orchestrator:
     Args:
         front: media key, sampling limits and defaults (the same Front preprocess uses).
         cache: the visual feature cache: get(key) -> (features, meta) | None, put(key, features, meta)
-            (in Triton, the `feature_cache` model; a FeatureCache in-process).
+            (in Triton, the `feature_cache` model; a FeatureCache in-process); None: no cache
+            (answers say media.cache "off", and a request with only a media_digest is refused).
         base_sampling: the server's defaults; a request's own settings replace them field by field.
         server_media_root: whether requests may name media by path.
     """
@@ -180,8 +181,16 @@ class Orchestrator:
         hit, key, media = None, None, {}
         if req.media_type is not None:
             pre_in["media_type"] = encode_text(req.media_type)
-            key = self.front.media_key(Request(req.text, req.media_type, req.media_path, req.media_bytes))
-            hit = self.cache.get(key)
+            if self.cache is not None:
+                if req.media_digest is not None and req.media_bytes is None:
+                    key = self.front.media_key_for_digest(req.media_digest, req.media_type)
+                else:
+                    key = self.front.media_key(Request(req.text, req.media_type, req.media_path, req.media_bytes))
+                hit = self.cache.get(key)
+            if hit is None and req.media_bytes is None and req.media_path is None:
+                why = "this server has no feature cache" if self.cache is None else "its features are not in the cache"
+                raise RequestError(f"{MEDIA_NOT_CACHED}: media_digest {req.media_digest} came without the media and "
+                                   f"{why}; send media_bytes_input")
             if hit is not None:  # preprocess only builds the prompt: the media need not travel again
                 pre_in["cached_rows"] = np.array([hit[0].shape[0]], np.int32)
             elif req.media_bytes is not None:
@@ -199,8 +208,10 @@ class Orchestrator:
             table = np.ascontiguousarray(feats.reshape(-1, feats.shape[-1]), np.float32)
             media = json.loads(text_of(pre["media_meta"]))
             decode_s = media.pop("decode_s", None)
-            self.cache.put(key, torch.from_numpy(table), media)
-            media = {**media, "cache": "miss", "decode_s": decode_s, "encode_s": time.perf_counter() - t1}
+            if self.cache is not None:
+                self.cache.put(key, torch.from_numpy(table), media)
+            media = {**media, "cache": "miss" if self.cache is not None else "off", "decode_s": decode_s,
+                     "encode_s": time.perf_counter() - t1}
         sampling = self.front.fit_sampling(len(ids), sampling)
         t_llm = time.perf_counter()
         llm_in: Tensors = {"input_ids": ids, "sampling": sampling_to_json(sampling),

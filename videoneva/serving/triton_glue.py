@@ -281,7 +281,8 @@ class VideoNevaModel:
         params = params_of(args)
         cfg, front = _front(params)
         self.limits = ServerLimits(max_tokens=int(params["max_tokens"]), max_media_bytes=int(params["max_media_bytes"]))
-        self.orchestrator = stages.Orchestrator(front, BLSCache(), stages.default_sampling(cfg, front),
+        cache = BLSCache() if int(params["cache_bytes"]) > 0 else None  # 0: no cache, no lookups
+        self.orchestrator = stages.Orchestrator(front, cache, stages.default_sampling(cfg, front),
                                                 server_media_root=bool(cfg.inference.media_base_path))
         self.model_id = front.settings.model_id
 
