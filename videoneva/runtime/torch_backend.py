@@ -144,8 +144,9 @@ class TorchLanguageModel:
             out = self.model(inputs_embeds=embed_tokens(nxt[:, None]), cache=out.cache, use_cache=True)
         logprobs = None
         if sampling.all_probs:
-            steps = torch.stack(raw).log_softmax(-1) if raw else torch.zeros(0, self.vocab_size)
-            logprobs = steps.gather(1, torch.tensor(new, dtype=torch.long)[:, None])[:, 0].tolist()
+            steps = torch.stack(raw).log_softmax(-1) if raw else torch.zeros(0, self.vocab_size, device=self.device)
+            chosen = torch.tensor(new, dtype=torch.long, device=steps.device)
+            logprobs = steps.gather(1, chosen[:, None])[:, 0].tolist()
         if new and new[-1] in stop_ids:
             new = new[:-1]
             logprobs = logprobs[: len(new)] if logprobs is not None else None
