@@ -20,7 +20,6 @@ its own gRPC connection.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -30,7 +29,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from videoneva.errors import VideoNevaError
-from videoneva.serving.protocol import INPUTS, MEDIA_NOT_CACHED, MODEL_NAME, string_tensor
+from videoneva.serving.protocol import INPUTS, MEDIA_NOT_CACHED, MODEL_NAME, digest_of, string_tensor
 
 
 class RequestFailed(VideoNevaError):
@@ -134,7 +133,7 @@ class Client:
         data = kwargs.get("media_bytes")
         if data is None or not self.send_digests or kwargs.get("media_digest") is not None:
             return self._send(self.inputs(text, stream=on_delta is not None, **kwargs), on_delta, request_id)
-        digest = hashlib.sha256(data).hexdigest()  # = videoneva.media.media_digest (tested)
+        digest = digest_of(data)
         if digest in self._seen:
             light = self.inputs(text, stream=on_delta is not None, **{**kwargs, "media_bytes": None}, media_digest=digest)
             try:

@@ -60,6 +60,12 @@ INSERT_CHOICES = ("left", "right", "none")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
+def digest_of(data: bytes) -> str:
+    """The media_digest of a file: sha256 hex of its bytes (= videoneva.media.media_digest, which
+    the feature-cache key is built from; this module stays free of the media stack for clients)."""
+    return hashlib.sha256(data).hexdigest()
+
+
 class RequestError(VideoNevaError):
     """A request the server refuses (bad value, over a limit); answered as an INVALID_ARG error."""
 
@@ -173,7 +179,7 @@ def parse_request(inputs: Mapping[str, Optional[np.ndarray]], limits: ServerLimi
                                f"digits, got {digest[:80]!r}")
         if path:
             raise RequestError("media_digest goes with media_bytes_input or alone, not with media_path")
-        if data is not None and hashlib.sha256(data).hexdigest() != digest:
+        if data is not None and digest_of(data) != digest:
             raise RequestError("input 'media_digest' is not the sha256 of media_bytes_input")
     if (data is not None or path or digest) and media_type is None:
         raise RequestError(f"input 'media_type' ({' | '.join(MEDIA_TYPES)}) is required with media")
