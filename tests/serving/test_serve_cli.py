@@ -16,7 +16,8 @@ import pytest
 from videoneva.cli import main as cli
 from videoneva.errors import ConfigError
 from videoneva.serving import stages
-from videoneva.serving.protocol import INPUTS, OUTPUTS, RequestError, ServerLimits, parse_request, string_tensor
+from videoneva.serving.protocol import (INPUTS, MEDIA_NOT_CACHED, OUTPUTS, RequestError, ServerLimits, digest_of,
+                                       parse_request, string_tensor)
 from videoneva.serving.render import TEMPLATE_DIR, render_repository
 
 
@@ -43,10 +44,12 @@ def test_vision_batch_smaller_than_a_video_is_refused(engine_dir, capsys):
     assert "vision_max_batch_frames=2" in capsys.readouterr().err
 
 
-def test_serve_prints_the_endpoint_and_stops_cleanly_on_sigterm(engine_dir, tmp_path):
+def test_serve_prints_the_endpoint_and_stops_cleanly_on_sigterm(engine_dir, media_dir, tmp_path):
+    """Started with cache_bytes=0 (one server start for both checks): no cache, so answers say so,
+    the client keeps sending the bytes, and a digest alone is refused by name."""
     proc = subprocess.Popen([sys.executable, "-m", "videoneva.cli", "serve", f"engine_dir={engine_dir}", "grpc_port=0",
                              "http_port=0", "metrics_port=0", "torch_threads=1", "startup_timeout=240",
-                             "startup_retries=2"],
+                             "startup_retries=2", "cache_bytes=0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         ready = None
@@ -62,9 +65,23 @@ def test_serve_prints_the_endpoint_and_stops_cleanly_on_sigterm(engine_dir, tmp_
         url = re.search(r"grpc=(\S+)", ready).group(1)
         assert url.startswith("127.0.0.1:")
         from videoneva.serving import Client
+        from videoneva.serving.client import RequestFailed
 
         with Client(url, retries=0) as c:
             assert c.ready()
+            data = (media_dir / "clip.mp4").read_bytes()
+            sent = []
+            send = c._send
+            c._send = lambda tensors, *a: sent.append(sorted(tensors)) or send(tensors, *a)
+            for _ in range(2):
+                out = c.answer("Again?", media_type="video", media_bytes=data, max_tokens=2, greedy=True,
+                               insert_media_token="left")
+                assert out["media"]["cache"] == "off" and "encode_s" in out["media"]
+            assert all("media_bytes_input" in t and "media_digest" not in t for t in sent) and len(sent) == 2
+            with pytest.raises(RequestFailed, match=f"{MEDIA_NOT_CACHED}.*no feature cache"):
+                c._send(Client.inputs("Again?", media_type="video", media_digest=digest_of(data),
+                                      insert_media_token="left"), None, "")
+            assert c.answer("Still there?", max_tokens=2)["token_ids"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
         rest = proc.stdout.read()
@@ -134,6 +151,13 @@ def _req(**kw):
 def test_parse_request_refuses_bad_values_by_name(inputs, match):
     with pytest.raises(RequestError, match=match):
         parse_request(inputs, ServerLimits(max_tokens=32, max_media_bytes=10))
+
+
+def test_the_client_digest_is_the_cache_digest():
+    from videoneva.media import media_digest
+
+    data = bytes(range(256)) * 3
+    assert digest_of(data) == media_digest(data) and len(digest_of(data)) == 64
 
 
 def test_parse_request_maps_settings():
