@@ -40,30 +40,39 @@ class TorchVisionEncoder:
         return self.module(x)
 
 
-class TorchLanguageModel:
-    """An LLM driven with ids + prompt table (fake ids ≥ vocab_size → prompt table rows).
+class DecodeLoopLanguageModel:
+    """Batch-1 generation from ids + prompt table (fake ids ≥ vocab_size → prompt table rows).
 
-    `model` is a Llava model (its LLM is used) or a plain causal LM such as the LlamaForCausalLM
-    stored in an engine directory; `media_token_id` is any in-vocabulary id that stands in for
-    media positions in the ids the logits processors see (the repetition penalty reads them).
+    The token loop, logits processors and stop rules shared by the torch and ONNX Runtime LLMs; a
+    subclass supplies `_prefill` and `_step`, which run the network. `media_token_id` is any
+    in-vocabulary id that stands in for media positions in the ids the logits processors see
+    (the repetition penalty reads them).
     """
 
-    def __init__(self, model, tokenizer: PreTrainedTokenizerBase, media_token_id: Optional[int] = None):
-        self.model, self.tokenizer = model, tokenizer
-        tc = getattr(model.config, "text_config", model.config)
-        self.vocab_size, self.hidden_size = tc.vocab_size, tc.hidden_size
-        self.max_context = int(tc.max_position_embeddings)
-        self.image_token_id = media_token_id if media_token_id is not None else model.config.image_token_id
-        p = next(model.parameters())
-        self.device, self.dtype = p.device, p.dtype
+    def __init__(self, embed_tokens: torch.nn.Embedding, text_config, tokenizer: PreTrainedTokenizerBase,
+                 media_token_id: int):
+        self.embed_tokens, self.tokenizer = embed_tokens, tokenizer
+        self.vocab_size, self.hidden_size = text_config.vocab_size, text_config.hidden_size
+        self.max_context = int(text_config.max_position_embeddings)
+        self.image_token_id = media_token_id
+        w = embed_tokens.weight
+        self.device, self.dtype = w.device, w.dtype
         self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
+
+    def _prefill(self, embeds: torch.Tensor):
+        """(next-token logits [1, vocab] after embeds [1, L, D], state for _step)."""
+        raise NotImplementedError
+
+    def _step(self, embeds: torch.Tensor, state):
+        """(next-token logits [1, vocab] after one more position embeds [1, 1, D], new state)."""
+        raise NotImplementedError
 
     def embed(self, input_ids: list[int], prompt_table: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs_embeds [1, L, D], bookkeeping ids [1, L]: fake ids replaced by the image token id)."""
         ids = torch.tensor([input_ids], device=self.device)
         fake = ids >= self.vocab_size
         real = torch.where(fake, torch.full_like(ids, self.image_token_id), ids)
-        embeds = self.model.get_input_embeddings()(real)  # (1, L, D)
+        embeds = self.embed_tokens(real)  # (1, L, D)
         if bool(fake.any()):
             if prompt_table is None:
                 raise ValueError("input_ids hold media ids but no prompt table was given")
@@ -72,12 +81,6 @@ class TorchLanguageModel:
                 raise ValueError(f"media id row {int(rows.max())} outside the prompt table ({prompt_table.shape[0]} rows)")
             embeds[fake] = prompt_table.to(self.device, self.dtype)[rows]
         return embeds, real
-
-    @torch.inference_mode()
-    def logits(self, input_ids: list[int], prompt_table: Optional[torch.Tensor]) -> torch.Tensor:
-        """Next-token logits at every position [L, vocab] (parity checks, scoring)."""
-        embeds, _ = self.embed(input_ids, prompt_table)
-        return self.model(inputs_embeds=embeds).logits[0]
 
     def logits_processors(self, sampling: SamplingSettings, stop_ids: list[int], prompt_len: int) -> LogitsProcessorList:
         """transformers' own processors, in the order its generate() applies them."""
@@ -123,13 +126,15 @@ class TorchLanguageModel:
         new: list[int] = []
         raw: list[torch.Tensor] = []
         finish = "length"
-        embed_tokens = self.model.get_input_embeddings()
-        out = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1) if sampling.tokens_to_generate else None
-        while out is not None:
-            logits = out.logits[:, -1].float()  # (1, vocab)
+        step = self._prefill(embeds) if sampling.tokens_to_generate else None
+        while step is not None:
+            logits, state = step
+            logits = logits.float()  # (1, vocab)
             if sampling.all_probs:
                 raw.append(logits[0])
-            scores = procs(ids, logits)
+            scores = logits
+            for proc in procs:  # LogitsProcessorList's own call inspects signatures at every step
+                scores = proc(ids, scores)
             nxt = torch.multinomial(scores.softmax(-1), 1)[:, 0] if not sampling.greedy else scores.argmax(-1)
             ids = torch.cat([ids, nxt[:, None]], dim=-1)
             tid = int(nxt)
@@ -141,7 +146,7 @@ class TorchLanguageModel:
                 break
             if len(new) >= sampling.tokens_to_generate:
                 break
-            out = self.model(inputs_embeds=embed_tokens(nxt[:, None]), cache=out.cache, use_cache=True)
+            step = self._step(self.embed_tokens(nxt[:, None]), state)
         logprobs = None
         if sampling.all_probs:
             steps = torch.stack(raw).log_softmax(-1) if raw else torch.zeros(0, self.vocab_size, device=self.device)
@@ -151,3 +156,30 @@ class TorchLanguageModel:
             new = new[:-1]
             logprobs = logprobs[: len(new)] if logprobs is not None else None
         return GenerationOutput(new, finish, logprobs, {"generate_s": time.perf_counter() - t0})
+
+
+class TorchLanguageModel(DecodeLoopLanguageModel):
+    """The decode loop on a transformers model, with its KV cache.
+
+    `model` is a Llava model (its LLM is used) or a plain causal LM such as the LlamaForCausalLM
+    stored in an engine directory.
+    """
+
+    def __init__(self, model, tokenizer: PreTrainedTokenizerBase, media_token_id: Optional[int] = None):
+        self.model = model
+        super().__init__(model.get_input_embeddings(), getattr(model.config, "text_config", model.config), tokenizer,
+                         media_token_id if media_token_id is not None else model.config.image_token_id)
+
+    def _prefill(self, embeds):
+        out = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1], out.cache
+
+    def _step(self, embeds, state):
+        out = self.model(inputs_embeds=embeds, cache=state, use_cache=True)
+        return out.logits[:, -1], out.cache
+
+    @torch.inference_mode()
+    def logits(self, input_ids: list[int], prompt_table: Optional[torch.Tensor]) -> torch.Tensor:
+        """Next-token logits at every position [L, vocab] (parity checks, scoring)."""
+        embeds, _ = self.embed(input_ids, prompt_table)
+        return self.model(inputs_embeds=embeds).logits[0]
