@@ -1,7 +1,8 @@
 """`videoneva build checkpoint=DIR output=DIR …`: checkpoint → engine directory (atomic, self-describing).
 
 Steps, each reading only the previous stage's output: load + validate (before any long work) →
-vision encoder to ONNX (+ TensorRT plan on GPU) → LLM weights for the torch backend → TensorRT-LLM
+vision encoder to ONNX (+ TensorRT plan on GPU) → LLM weights for the torch backend (+ the LLM as
+ONNX with its KV cache when llm.backend=onnx) → TensorRT-LLM
 checkpoint (AWQ W4A16 through modelopt when quantization.enable) → trtllm-build on GPU →
 tokenizer, media.json, manifest.json → rename into place.
 """
@@ -40,7 +41,9 @@ class VisionBuildConfig:
 
 @dataclass
 class LlmBuildConfig:
-    backend: str = _help("torch | tensorrt_llm", default="torch")
+    backend: str = _help("torch | onnx (ONNX Runtime, float32: the fast CPU path for small LLMs) | tensorrt_llm",
+                         default="torch")
+    opset: int = _help("ONNX opset of llm/onnx/llm.onnx (llm.backend=onnx)", default=17)
 
 
 @dataclass
@@ -71,8 +74,11 @@ class BuildConfig:
     def __post_init__(self) -> None:
         if self.vision.backend not in ("onnx", "tensorrt"):
             raise ConfigError(f"vision.backend={self.vision.backend!r} is not valid; choose one of ['onnx', 'tensorrt']")
-        if self.llm.backend not in ("torch", "tensorrt_llm"):
-            raise ConfigError(f"llm.backend={self.llm.backend!r} is not valid; choose one of ['torch', 'tensorrt_llm']")
+        if self.llm.backend not in ("torch", "onnx", "tensorrt_llm"):
+            raise ConfigError(f"llm.backend={self.llm.backend!r} is not valid; choose one of ['torch', 'onnx', 'tensorrt_llm']")
+        if self.llm.backend == "onnx" and self.quantization.enable:
+            raise ConfigError("llm.backend=onnx exports the unquantized float32 LLM; an AWQ model runs on "
+                              "llm.backend=tensorrt_llm (GPU) or, dequantized, on llm.backend=torch")
         for key in ("max_batch_size", "max_input_len", "max_output_len", "tensor_model_parallel_size",
                     "pipeline_model_parallel_size"):
             if getattr(self, key) < 1:
@@ -208,6 +214,10 @@ def build(cfg: BuildConfig) -> dict:
         lm = llm_build.extract_causal_lm(ckpt.model)
         lm.save_pretrained(tmp / "llm" / "torch", safe_serialization=True)
         built["llm_torch"] = {"path": "llm/torch"}
+        if cfg.llm.backend == "onnx":
+            from engine_build.llm_onnx import export_llm_onnx
+
+            built["llm_onnx"] = export_llm_onnx(lm, tmp / "llm" / "onnx", opset=cfg.llm.opset)
         # 3. TensorRT-LLM checkpoint (AWQ when asked), calibrated on real multimodal samples
         quantized = cfg.quantization.enable
         if quantized:
@@ -229,7 +239,7 @@ def build(cfg: BuildConfig) -> dict:
             else:
                 built["trtllm_engine"] = built_engine
         else:
-            skipped["trtllm_engine"] = {"reason": "llm.backend=torch", "command": build_cmd}
+            skipped["trtllm_engine"] = {"reason": f"llm.backend={cfg.llm.backend}", "command": build_cmd}
         # 5. tokenizer, media settings, manifest
         ckpt.tokenizer.save_pretrained(tmp / "tokenizer")
         settings = dataclasses.replace(ckpt.settings, frame_token_pool=plan["frame_token_pool"],

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -41,12 +42,37 @@ def test_infer_from_engine_dir_matches_checkpoint(engine_dir, tiny_checkpoint, m
     assert [r["raw_response"] for r in e] == [r["raw_response"] for r in c]
 
 
+def test_onnx_llm_engine_answers_like_the_checkpoint(tiny_checkpoint, media_dir, prompt_file, tmp_path, capsys):
+    out = tmp_path / "onnx"
+    assert cli(["build", f"checkpoint={tiny_checkpoint}", f"output={out}", "max_batch_size=2", "max_input_len=1024",
+                "max_output_len=64", "llm.backend=onnx"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["built"]["llm_onnx"]["max_abs_diff"] < 1e-4 and (out / "llm/onnx/llm.onnx").is_file()
+    assert m["skipped"]["trtllm_engine"]["reason"] == "llm.backend=onnx"
+    prompts = prompt_file([{"video": "clip.mp4", "text": "What color?", "question_id": 0},
+                           {"image": "still.png", "text": "How many?", "question_id": 1}])
+    common = [f"prompt_file={prompts}", f"inference.media_base_path={media_dir}", "inference.greedy=true",
+              "inference.tokens_to_generate=8", "inference.insert_media_token=right", "print_answers=false"]
+    assert cli(["infer", f"engine_dir={out}", f"output_file={tmp_path / 'e.jsonl'}", *common]) == 0
+    assert cli(["infer", f"neva_model_file={tiny_checkpoint}", f"output_file={tmp_path / 'c.jsonl'}", *common]) == 0
+    e = [json.loads(x) for x in (tmp_path / "e.jsonl").read_text().splitlines()]
+    c = [json.loads(x) for x in (tmp_path / "c.jsonl").read_text().splitlines()]
+    assert len(e) == 2 and [r["raw_response"] for r in e] == [r["raw_response"] for r in c]
+    # the build asked for the ONNX LLM: without it the directory is refused by name
+    shutil.rmtree(out / "llm" / "onnx")
+    capsys.readouterr()
+    assert cli(["infer", f"engine_dir={out}", f"output_file={tmp_path / 'x.jsonl'}", *common]) == 2
+    assert "missing llm/onnx" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args, words", [
     (["max_input_len=100"], "leaves no room"),
     (["data.image_token_len=256"], "conflicts"),
     (["max_input_len=8000", "max_output_len=500"], "exceeds the model's context"),
     (["quantization.enable=true", "quantization.group_size=48"], "group"),
     (["vision.backend=openvino"], "vision.backend"),
+    (["llm.backend=vllm"], "llm.backend='vllm'"),
+    (["llm.backend=onnx", "quantization.enable=true"], "unquantized float32 LLM"),
 ])
 def test_bad_settings_fail_before_long_work(tiny_checkpoint, tmp_path, capsys, args, words):
     out = tmp_path / "never"

@@ -121,6 +121,8 @@ def test_select_backends():
     assert engine_mod.select_backends(_manifest(), "cpu") == ("onnx", "torch")
     assert engine_mod.select_backends({"settings": {}}, "auto") == ("onnx", "torch")
     assert engine_mod.select_backends(_manifest("onnx", "tensorrt_llm"), "auto") == ("onnx", "tensorrt_llm")
+    assert engine_mod.select_backends(_manifest("onnx", "onnx"), "auto") == ("onnx", "onnx")
+    assert engine_mod.select_backends(_manifest("tensorrt", "onnx"), "cpu") == ("onnx", "onnx")
     with pytest.raises(CheckpointError, match="vision.backend='openvino'"):
         engine_mod.select_backends(_manifest("openvino"), "auto")
 

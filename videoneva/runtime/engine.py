@@ -42,6 +42,9 @@ def read_engine_dir(engine_dir: str | Path) -> tuple[dict, dict]:
     if manifest.get("format_version") != ENGINE_FORMAT:
         raise CheckpointError(f"{d}/manifest.json: format_version {manifest.get('format_version')!r} is not "
                               f"understood (this videoneva reads {ENGINE_FORMAT})")
+    if manifest.get("settings", {}).get("llm", {}).get("backend") == "onnx" and not (d / "llm" / "onnx").is_dir():
+        raise CheckpointError(f"{d}: incomplete engine directory, missing llm/onnx (the build asked for "
+                              "llm.backend=onnx); rebuild it with `videoneva build … llm.backend=onnx`")
     return manifest, json.loads((d / "media.json").read_text())
 
 
@@ -76,7 +79,7 @@ def load_engine_llm(d: Path, manifest: dict, precision: str, llm_source: Optiona
 
 
 VISION_BACKENDS = ("onnx", "tensorrt")
-LLM_BACKENDS = ("torch", "tensorrt_llm")
+LLM_BACKENDS = ("torch", "onnx", "tensorrt_llm")
 # backend → (artifact in the engine dir, manifest "skipped" key of the build step that writes it)
 _GPU_ARTIFACTS = {"tensorrt": ("vision/vision.plan", "vision_plan"),
                   "tensorrt_llm": ("llm/trtllm_engine", "trtllm_engine")}
@@ -85,8 +88,8 @@ _GPU_ARTIFACTS = {"tensorrt": ("vision/vision.plan", "vision_plan"),
 def select_backends(manifest: dict, device: str = "auto") -> tuple[str, str]:
     """(vision backend, llm backend): what the build was asked for (manifest settings.vision/llm.backend).
 
-    device=cpu always gives the portable pair (onnx, torch), so a GPU-built engine directory still
-    runs on a CPU machine; auto and cuda take the manifest's choice.
+    device=cpu always gives a portable pair (onnx, and the ONNX LLM when it was built, else torch),
+    so a GPU-built engine directory still runs on a CPU machine; auto and cuda take the manifest's choice.
 
     Args:
         manifest: the engine directory's manifest.json.
@@ -99,9 +102,10 @@ def select_backends(manifest: dict, device: str = "auto") -> tuple[str, str]:
         raise CheckpointError(f"manifest.json asks for vision.backend={vision!r} / llm.backend={llm!r}; this videoneva "
                               f"runs vision {list(VISION_BACKENDS)} and llm {list(LLM_BACKENDS)}")
     if device == "cpu":
-        if (vision, llm) != ("onnx", "torch"):
-            log.info("device=cpu: running the portable ONNX Runtime + torch backends instead of %s + %s", vision, llm)
-        return "onnx", "torch"
+        portable = ("onnx", llm if llm in ("torch", "onnx") else "torch")
+        if (vision, llm) != portable:
+            log.info("device=cpu: running the portable %s + %s backends instead of %s + %s", *portable, vision, llm)
+        return portable
     return vision, llm
 
 
@@ -147,6 +151,17 @@ def load_llm(d: Path, manifest: dict, media: dict, backend: str, tokenizer, prec
         from videoneva.runtime.torch_backend import TorchLanguageModel
 
         return TorchLanguageModel(load_engine_llm(d, manifest, precision), tokenizer, media["image_token_id"])
+    if backend == "onnx":
+        from transformers import AutoConfig
+
+        from videoneva.runtime.onnx_backend import OnnxLanguageModel
+
+        if precision != "32":
+            log.warning("llm backend onnx runs the float32 graph it was built with (trainer.precision=%s ignored)",
+                        precision)
+        # as many intra-op threads as torch is given (serve torch_threads=N), so the backends share cores alike
+        return OnnxLanguageModel(d / "llm" / "onnx", AutoConfig.from_pretrained(d / "llm" / "torch"), tokenizer,
+                                 media["image_token_id"], threads=torch.get_num_threads())
     from videoneva.runtime.tensorrt_backend import BackendUnavailable
     from videoneva.runtime.trtllm_backend import TensorRTLLMLanguageModel, trtllm_unavailable_reason
 
