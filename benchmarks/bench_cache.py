@@ -7,9 +7,10 @@ videos, alternating which server goes first. Reported: end-to-end latency of the
 questions (p50/p90) on each server, and the ratio without/with (target >= 5x). Media travel as
 bytes over gRPC, as from a remote client. Writes results/cache.json and results/cache.md.
 
-    python benchmarks/bench_cache.py [--engine-dir DIR] [--seconds 10] [--tokens 8]
+    python benchmarks/bench_cache.py [--engine-dir DIR | --llm-backend onnx|torch] [--seconds 10] [--tokens 8]
 
-Without --engine-dir the embedded demo model is built into benchmarks/results/tmp/engine first.
+Without --engine-dir the embedded demo model is built into benchmarks/results/tmp/engine_<backend>
+first, with the ONNX Runtime LLM unless --llm-backend torch.
 """
 from __future__ import annotations
 
@@ -39,11 +40,11 @@ sys.path.insert(0, str(HERE))
 from bench_decode import synthetic_frames  # noqa: E402
 
 
-def demo_engine(tmp: Path) -> Path:
-    out = tmp / "engine"
+def demo_engine(tmp: Path, llm_backend: str) -> Path:
+    out = tmp / f"engine_{llm_backend}"
     if not (out / "manifest.json").is_file():
         assert cli(["build", f"checkpoint={DEMO_MODEL}", f"output={out}", "max_input_len=768", "max_output_len=256",
-                    "overwrite=true"]) == 0
+                    f"llm.backend={llm_backend}", "overwrite=true"]) == 0
     return out
 
 
@@ -61,6 +62,8 @@ def videos(tmp: Path, n: int, seconds: int) -> list[bytes]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine-dir", help="engine directory (default: the demo model, built first)")
+    ap.add_argument("--llm-backend", default="onnx", choices=["onnx", "torch"],
+                    help="LLM of the demo engine built without --engine-dir (onnx: what `make demo` serves)")
     ap.add_argument("--videos", type=int, default=4)
     ap.add_argument("--seconds", type=int, default=10, help="length of each clip")
     ap.add_argument("--repeats", type=int, default=4, help="further questions per video and server")
@@ -69,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     tmp = HERE / "results" / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    engine = Path(args.engine_dir) if args.engine_dir else demo_engine(tmp)
+    engine = Path(args.engine_dir) if args.engine_dir else demo_engine(tmp, args.llm_backend)
+    llm_backend = json.loads((engine / "manifest.json").read_text())["settings"]["llm"]["backend"]
     clips = videos(tmp, args.videos, args.seconds)
     common = [f"engine_dir={engine}", "grpc_port=0", "http_port=0", "metrics_port=0", "torch_threads=1"]
     lat: dict[str, list[float]] = {"cache": [], "no_cache": []}
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/bench_cache.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "engine_dir": str(engine), "videos": args.videos, "seconds": args.seconds, "resolution": "1280x720 H.264 30 fps",
+        "engine_dir": str(engine), "llm_backend": llm_backend, "videos": args.videos, "seconds": args.seconds, "resolution": "1280x720 H.264 30 fps",
         "repeats": args.repeats, "tokens": args.tokens,
         "latency": {k: asdict(v) for k, v in stats.items()}, "cache_hits": hits,
         "speedup_p50": ratio, "target": 5.0, "meets_target": ratio >= 5.0,
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     md = [f"# Feature cache: repeated-video latency ({report['date']})", "",
           f"`{report['command']}` on {report['machine']['platform']}, {report['machine']['cpus']} CPUs.",
           f"{args.videos} clips of {args.seconds} s ({report['resolution']}), {args.repeats} repeated questions each, "
-          f"{args.tokens} tokens greedy, media sent as bytes over gRPC.", "",
+          f"{args.tokens} tokens greedy, media sent as bytes over gRPC; LLM backend {llm_backend}.", "",
           "| server | p50 (s) | p90 (s) | mean (s) | cache hits |", "|---|---|---|---|---|"]
     for k, s in stats.items():
         md.append(f"| {k} | {s.p50:.4f} | {s.p90:.4f} | {s.mean:.4f} | {hits[k]}/{s.n} |")

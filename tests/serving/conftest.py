@@ -12,14 +12,25 @@ MAX_MEDIA_BYTES = 300_000
 MAX_TOKENS = 64
 
 
-@pytest.fixture(scope="session")
-def engine_dir(tmp_path_factory, tiny_checkpoint) -> Path:
+def _build(tmp_path_factory, checkpoint, name: str, *extra: str) -> Path:
     from engine_build.build import main as build_main
 
-    out = tmp_path_factory.mktemp("engines") / "tiny"
-    assert build_main([f"checkpoint={tiny_checkpoint}", f"output={out}", "max_input_len=512",
-                       "max_output_len=128", "max_batch_size=4"]) == 0
+    out = tmp_path_factory.mktemp("engines") / name
+    assert build_main([f"checkpoint={checkpoint}", f"output={out}", "max_input_len=512",
+                       "max_output_len=128", "max_batch_size=4", *extra]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def engine_dir(tmp_path_factory, tiny_checkpoint) -> Path:
+    """The session server's engine: the ONNX Runtime LLM, the fast CPU path `make demo` serves."""
+    return _build(tmp_path_factory, tiny_checkpoint, "tiny", "llm.backend=onnx")
+
+
+@pytest.fixture(scope="session")
+def torch_engine_dir(tmp_path_factory, tiny_checkpoint) -> Path:
+    """The same model with the torch LLM (the default build), served by the CLI test."""
+    return _build(tmp_path_factory, tiny_checkpoint, "tiny-torch")
 
 
 def start(engine: Path, media_root: Path, work: Path, *extra: str):

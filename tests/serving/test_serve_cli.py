@@ -13,8 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from videoneva import prompts
 from videoneva.cli import main as cli
 from videoneva.errors import ConfigError
+from videoneva.generation import SamplingSettings
+from videoneva.runtime.pipeline import Request
 from videoneva.serving import stages
 from videoneva.serving.protocol import (INPUTS, MEDIA_NOT_CACHED, OUTPUTS, RequestError, ServerLimits, digest_of,
                                        parse_request, string_tensor)
@@ -44,10 +47,11 @@ def test_vision_batch_smaller_than_a_video_is_refused(engine_dir, capsys):
     assert "vision_max_batch_frames=2" in capsys.readouterr().err
 
 
-def test_serve_prints_the_endpoint_and_stops_cleanly_on_sigterm(engine_dir, media_dir, tmp_path):
-    """Started with cache_bytes=0 (one server start for both checks): no cache, so answers say so,
-    the client keeps sending the bytes, and a digest alone is refused by name."""
-    proc = subprocess.Popen([sys.executable, "-m", "videoneva.cli", "serve", f"engine_dir={engine_dir}", "grpc_port=0",
+def test_serve_prints_the_endpoint_and_stops_cleanly_on_sigterm(torch_engine_dir, local_pipeline, media_dir, tmp_path):
+    """Started with cache_bytes=0 and the torch LLM (one server start for all checks): no cache, so
+    answers say so, the client keeps sending the bytes, and a digest alone is refused by name; the
+    torch LLM answers as the in-process ONNX Runtime LLM does."""
+    proc = subprocess.Popen([sys.executable, "-m", "videoneva.cli", "serve", f"engine_dir={torch_engine_dir}", "grpc_port=0",
                              "http_port=0", "metrics_port=0", "torch_threads=1", "startup_timeout=240",
                              "startup_retries=2", "cache_bytes=0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -78,6 +82,12 @@ def test_serve_prints_the_endpoint_and_stops_cleanly_on_sigterm(engine_dir, medi
                                insert_media_token="left")
                 assert out["media"]["cache"] == "off" and "encode_s" in out["media"]
             assert all("media_bytes_input" in t and "media_digest" not in t for t in sent) and len(sent) == 2
+            sampling = SamplingSettings(tokens_to_generate=2, greedy=True, repetition_penalty=1.0,
+                                        end_strings=prompts.stop_strings(local_pipeline.settings.template))
+            want = local_pipeline.answer(Request("Again?", "video", None, data, "left"), sampling)
+            got = c.answer("Again?", media_type="video", media_bytes=data, max_tokens=2, greedy=True,
+                           repetition_penalty=1.0, insert_media_token="left")
+            assert type(local_pipeline.llm).__name__ == "OnnxLanguageModel" and got["token_ids"] == want.token_ids
             with pytest.raises(RequestFailed, match=f"{MEDIA_NOT_CACHED}.*no feature cache"):
                 c._send(Client.inputs("Again?", media_type="video", media_digest=digest_of(data),
                                       insert_media_token="left"), None, "")

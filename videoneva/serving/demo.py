@@ -1,7 +1,8 @@
 """`make demo`: the embedded demo model served by Triton and asked over gRPC, end to end.
 
   1. fresh synthetic held-out videos (a seed never used in training), seed-format prompt file;
-  2. `videoneva build` of the embedded demo checkpoint into an engine directory;
+  2. `videoneva build` of the embedded demo checkpoint into an engine directory, the LLM exported
+     to ONNX with its KV cache too (llm.backend=onnx: ONNX Runtime runs it on this CPU);
   3. `videoneva serve` on free loopback ports (tritonserver from the nvidia-pytriton wheel);
   4. `videoneva infer server_url=…` over gRPC, media sent as bytes; each answer beside its
      reference, then the accuracy per question type;
@@ -91,9 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     rc = cli(["demo-data", f"out={data}", f"n={args.n}", f"seed={args.seed}", "heldout_fraction=1.0"])
     if rc:
         return rc
-    _step(f"2/6 videoneva build {args.model} -> {engine}")
+    _step(f"2/6 videoneva build {args.model} -> {engine} (llm.backend=onnx)")
     rc = cli(["build", f"checkpoint={args.model}", f"output={engine}", "max_input_len=768", "max_output_len=256",
-              "overwrite=true"])
+              "llm.backend=onnx", "overwrite=true"])
     if rc:
         return rc
     from videoneva.serving.serve import ServeConfig, start_server

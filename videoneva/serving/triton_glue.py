@@ -140,7 +140,7 @@ class LLMModel:
         cfg, _ = _front(params)
         d = Path(cfg.engine_dir)
         manifest, media, _, tok, _ = engine_settings(d, cfg)
-        _, backend = select_backends(manifest, cfg.device)  # torch on CPU, the TensorRT-LLM engine on GPU
+        _, backend = select_backends(manifest, cfg.device)  # ONNX Runtime or torch on CPU, TensorRT-LLM on GPU
         self.llm = load_llm(d, manifest, media, backend, tok, cfg.trainer.precision)
 
     def execute(self, requests):
