@@ -103,3 +103,18 @@ def test_a_sliding_window_llm_is_refused(tmp_path):
                                           num_attention_heads=2, num_key_value_heads=1, sliding_window=16))
     with pytest.raises(ConfigError, match="sliding_window=16"):
         export_llm_onnx(lm, tmp_path)
+
+
+def test_end_string_memos_stay_bounded(pair):
+    """Requests choose their end strings; what the loop remembers about them stays bounded."""
+    from videoneva.runtime.torch_backend import MEMO_SIZE
+
+    torch_llm, _, _, _ = pair
+    ids, table = _prompt(torch_llm)
+    first = None
+    for i in range(MEMO_SIZE + 6):
+        s = SamplingSettings(tokens_to_generate=2, greedy=True, end_strings=[f"zq{i}x"])
+        out = torch_llm.generate(ids, table, s).token_ids
+        first = out if first is None else first
+        assert out == first  # end strings never produced: the same answer each time
+    assert 0 < len(torch_llm._end_split) <= MEMO_SIZE and 0 < len(torch_llm._stop_criteria) <= MEMO_SIZE

@@ -21,6 +21,8 @@ from videoneva.generation import SamplingSettings, split_end_strings
 from videoneva.model.vision import VisionFeatures
 from videoneva.runtime.base import GenerationOutput, TokenCallback
 
+MEMO_SIZE = 64  # distinct end-string sets remembered per LLM
+
 
 class TorchVisionEncoder:
     """VisionFeatures of a Llava model: frames [F, 3, H, W] → [F, T, D_llm]."""
@@ -58,6 +60,7 @@ class DecodeLoopLanguageModel:
         w = embed_tokens.weight
         self.device, self.dtype = w.device, w.dtype
         self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
+        self._end_split: dict[tuple[str, ...], tuple[list[int], list[str]]] = {}
 
     def _prefill(self, embeds: torch.Tensor):
         """(next-token logits [1, vocab] after embeds [1, L, D], state for _step)."""
@@ -104,6 +107,8 @@ class DecodeLoopLanguageModel:
         if not texts:
             return None
         if texts not in self._stop_criteria:
+            if len(self._stop_criteria) >= MEMO_SIZE:
+                self._stop_criteria.clear()
             self._stop_criteria[texts] = StopStringCriteria(self.tokenizer, list(texts))
         return self._stop_criteria[texts]
 
@@ -118,7 +123,12 @@ class DecodeLoopLanguageModel:
         """
         t0 = time.perf_counter()
         embeds, ids = self.embed(input_ids, prompt_table)
-        stop_ids, stop_texts = split_end_strings(self.tokenizer, sampling.end_strings)
+        ends = tuple(sampling.end_strings)
+        if ends not in self._end_split:  # tokenizing the end strings costs more than a decode step here
+            if len(self._end_split) >= MEMO_SIZE:  # requests choose their end strings: stay bounded
+                self._end_split.clear()
+            self._end_split[ends] = split_end_strings(self.tokenizer, list(ends))
+        stop_ids, stop_texts = self._end_split[ends]
         procs = self.logits_processors(sampling, stop_ids, ids.shape[1])
         stop_text = self.stop_string_criteria(tuple(stop_texts))
         if sampling.seed is not None and not sampling.greedy:
