@@ -73,6 +73,27 @@ def test_streaming_yields_text_before_the_end(client, media_dir):
     assert out["timings"]["first_token_s"] < out["timings"]["total_s"]
 
 
+def test_one_stream_per_thread_and_a_timed_out_request_never_answers_the_next(server, local_pipeline, media_dir):
+    """Requests of a thread share one open stream; after a timeout that stream is dropped, so the
+    late answer of the timed-out request cannot be taken for the next one."""
+    from videoneva.serving import Client
+    from videoneva.serving.client import ServerUnavailable
+
+    data = (media_dir / "clip.mp4").read_bytes()
+    with Client(server.grpc_url, timeout=120, retries=0) as c:
+        first = remote(c, "What is in it?", media_type="video", media_bytes=data)
+        stream = c._local.stream
+        assert remote(c, "Just text.")["token_ids"] and c._local.stream is stream  # the same stream
+        c.timeout = 0.001
+        with pytest.raises(ServerUnavailable, match="no final response"):
+            remote(c, "What is in it?", media_type="video", media_bytes=data, n=MAX_TOKENS)
+        assert c._local.stream is None
+        c.timeout = 120
+        got = remote(c, "Just text.", n=N_TOKENS)
+    assert got["token_ids"] == local_answer(local_pipeline, "Just text.").token_ids
+    assert first["token_ids"] == local_answer(local_pipeline, "What is in it?", "video", media_bytes=data).token_ids
+
+
 def test_32_concurrent_requests_all_succeed(client, local_pipeline, media_dir):
     names = ["clip.mp4", "clip.webm", "clip.avi", "still.png"]
     jobs = [(f"Question number {i}?", names[i % 4]) for i in range(32)]
