@@ -30,16 +30,23 @@ def test_engine_directory_describes_itself(engine_dir, tiny_checkpoint):
     assert not list(engine_dir.parent.glob(".tiny.building.*")), "no temporary directory left behind"
 
 
-def test_infer_from_engine_dir_matches_checkpoint(engine_dir, tiny_checkpoint, media_dir, prompt_file, tmp_path):
+def _infer_both(engine, tiny_checkpoint, media_dir, prompt_file, tmp_path):
+    """Greedy answers of `infer engine_dir=engine` and `infer neva_model_file=…` on one video and
+    one image, and the shared arguments."""
     prompts = prompt_file([{"video": "clip.mp4", "text": "What color?", "question_id": 0},
                            {"image": "still.png", "text": "How many?", "question_id": 1}])
     common = [f"prompt_file={prompts}", f"inference.media_base_path={media_dir}", "inference.greedy=true",
               "inference.tokens_to_generate=8", "inference.insert_media_token=right", "print_answers=false"]
-    assert cli(["infer", f"engine_dir={engine_dir}", f"output_file={tmp_path / 'e.jsonl'}", *common]) == 0
+    assert cli(["infer", f"engine_dir={engine}", f"output_file={tmp_path / 'e.jsonl'}", *common]) == 0
     assert cli(["infer", f"neva_model_file={tiny_checkpoint}", f"output_file={tmp_path / 'c.jsonl'}", *common]) == 0
     e = [json.loads(x) for x in (tmp_path / "e.jsonl").read_text().splitlines()]
     c = [json.loads(x) for x in (tmp_path / "c.jsonl").read_text().splitlines()]
-    assert [r["raw_response"] for r in e] == [r["raw_response"] for r in c]
+    return [r["raw_response"] for r in e], [r["raw_response"] for r in c], common
+
+
+def test_infer_from_engine_dir_matches_checkpoint(engine_dir, tiny_checkpoint, media_dir, prompt_file, tmp_path):
+    e, c, _ = _infer_both(engine_dir, tiny_checkpoint, media_dir, prompt_file, tmp_path)
+    assert len(e) == 2 and e == c
 
 
 def test_onnx_llm_engine_answers_like_the_checkpoint(tiny_checkpoint, media_dir, prompt_file, tmp_path, capsys):
@@ -49,15 +56,8 @@ def test_onnx_llm_engine_answers_like_the_checkpoint(tiny_checkpoint, media_dir,
     m = json.loads((out / "manifest.json").read_text())
     assert m["built"]["llm_onnx"]["max_abs_diff"] < 1e-4 and (out / "llm/onnx/llm.onnx").is_file()
     assert m["skipped"]["trtllm_engine"]["reason"] == "llm.backend=onnx"
-    prompts = prompt_file([{"video": "clip.mp4", "text": "What color?", "question_id": 0},
-                           {"image": "still.png", "text": "How many?", "question_id": 1}])
-    common = [f"prompt_file={prompts}", f"inference.media_base_path={media_dir}", "inference.greedy=true",
-              "inference.tokens_to_generate=8", "inference.insert_media_token=right", "print_answers=false"]
-    assert cli(["infer", f"engine_dir={out}", f"output_file={tmp_path / 'e.jsonl'}", *common]) == 0
-    assert cli(["infer", f"neva_model_file={tiny_checkpoint}", f"output_file={tmp_path / 'c.jsonl'}", *common]) == 0
-    e = [json.loads(x) for x in (tmp_path / "e.jsonl").read_text().splitlines()]
-    c = [json.loads(x) for x in (tmp_path / "c.jsonl").read_text().splitlines()]
-    assert len(e) == 2 and [r["raw_response"] for r in e] == [r["raw_response"] for r in c]
+    e, c, common = _infer_both(out, tiny_checkpoint, media_dir, prompt_file, tmp_path)
+    assert len(e) == 2 and e == c
     # the build asked for the ONNX LLM: without it the directory is refused by name
     shutil.rmtree(out / "llm" / "onnx")
     capsys.readouterr()
