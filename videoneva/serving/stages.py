@@ -116,7 +116,7 @@ def sampling_from_json(arr: np.ndarray) -> SamplingSettings:
 
 
 def generate(llm, inputs: Mapping[str, Optional[np.ndarray]], on_token: Optional[Callable[[int], None]]) -> Tensors:
-    """Run the torch LanguageModel on ids + prompt table; on_token gets each id as it is produced."""
+    """Run the LanguageModel (torch, ONNX Runtime or TensorRT-LLM) on ids + prompt table; on_token gets each id as it is produced."""
     ids = [int(i) for i in np.asarray(inputs["input_ids"]).reshape(-1)]
     table = inputs.get("prompt_embedding_table")
     table = None if table is None or table.size == 0 else torch.from_numpy(np.asarray(table, np.float32))
