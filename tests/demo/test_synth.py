@@ -29,10 +29,7 @@ def _jsonl(p: Path) -> list[dict]:
 
 
 def _scene(rec: dict) -> SceneSpec:
-    shapes = tuple(ShapeSpec(**{**s, "start": tuple(s["start"]), "end": tuple(s["end"]), "size": tuple(s["size"])})
-                   for s in rec["shapes"])
-    keys = ("scene_id", "kind", "width", "height", "num_frames", "codec", "background", "noisy", "noise_seed")
-    return SceneSpec(**{k: rec[k] for k in keys}, shapes=shapes)
+    return SceneSpec.from_dict(rec)
 
 
 def _decode_all(path: Path) -> np.ndarray:

@@ -69,6 +69,14 @@ class SceneSpec:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, rec: dict) -> "SceneSpec":
+        """The spec from to_dict()'s output (a scenes.jsonl line; keys beyond the spec's are ignored)."""
+        shapes = tuple(ShapeSpec(**{**s, "start": tuple(s["start"]), "end": tuple(s["end"]), "size": tuple(s["size"])})
+                       for s in rec["shapes"])
+        keys = [f.name for f in dataclasses.fields(cls) if f.name != "shapes"]
+        return cls(**{k: rec[k] for k in keys}, shapes=shapes)
+
 
 @dataclass(frozen=True)
 class SceneOptions:

@@ -62,7 +62,8 @@ class ConversationDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _pixels(self, media_type: str, rel: str) -> np.ndarray:
+    def pixels(self, media_type: str, rel: str) -> np.ndarray:
+        """Preprocessed frames of one media file ([F, 3, H, W]; float16 when cached), decoded once when cached."""
         key = f"{media_type}:{rel}"  # several questions usually share one video: decode it once
         if self.cache is not None and key in self.cache:
             return self.cache[key]
@@ -77,7 +78,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         media_type = "video" if rec.get("video") else ("image" if rec.get("image") else None)
         pixels = None
         if media_type is not None:
-            pixels = self._pixels(media_type, rec[media_type]).astype(np.float32)
+            pixels = self.pixels(media_type, rec[media_type]).astype(np.float32)
         text, spans = prompts.render_conversation(self.template, rec["conversations"], media_type)
         n_media = 0 if pixels is None else pixels.shape[0] * self.tpf
         tp = prompts.tokenize_with_media(self.tok, text, n_media, self.image_token_id, add_bos=False, spans=spans)

@@ -4,6 +4,10 @@ Stages: "pretrain" trains the projector only; "finetune" trains the LLM and proj
 tower too unless train.freeze_vision=true; LoRA on the LLM with train.lora.enable=true). The loss
 covers assistant turns only (per template). Saves the native checkpoint format; `resume=true`
 continues from output_dir/last (weights, optimizer, scheduler, data position, RNG).
+
+A new model (init=null) can first have its vision tower pretrained on the dense labels of
+`videoneva demo-data` scenes (vision_pretrain.scenes=…/scenes.jsonl; see
+videoneva/demo/vision_pretrain.py): how the embedded demo model gets a tower that sees shapes.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from tqdm import tqdm
 from videoneva import prompts
 from videoneva.checkpoint.native import DTYPES, SETTINGS_FILE, CheckpointSettings, load_checkpoint, save_checkpoint
 from videoneva.config import DataConfig, TrainerConfig, _help, config_help, load_config
+from videoneva.demo.vision_pretrain import VisionPretrainConfig, pretrain_tower
 from videoneva.errors import ConfigError
 from videoneva.media.settings import MediaSettings
 from videoneva.media.sources import MediaRoot
@@ -93,6 +98,7 @@ class TrainConfig:
     data: TrainDataConfig = field(default_factory=TrainDataConfig)
     train: OptimConfig = field(default_factory=OptimConfig)
     model: NewModelConfig = field(default_factory=_small_model)
+    vision_pretrain: VisionPretrainConfig = field(default_factory=VisionPretrainConfig)
 
     def __post_init__(self) -> None:
         if self.stage not in ("pretrain", "finetune"):
@@ -101,6 +107,9 @@ class TrainConfig:
             raise ConfigError("output_dir=DIR is required")
         if not self.data.data_path:
             raise ConfigError("data.data_path=FILE.json is required")
+        if self.vision_pretrain.scenes and self.init:
+            raise ConfigError("vision_pretrain.scenes pretrains the tower of a new model; init= already brings one "
+                              "(set vision_pretrain.scenes=null, or init=null)")
 
 
 def _new_model(cfg: TrainConfig, records: list[dict]):
@@ -216,6 +225,25 @@ def _save_last(model, tok, settings, last: Path, opt, sched, step: int, losses: 
                last / "trainer_state.pt")
 
 
+def _pretrain_vision(cfg: TrainConfig, base, media: MediaSettings, ds: ConversationDataset, out_dir: Path) -> dict:
+    """The tower pretraining of a new model (vision_pretrain.*); leaves what trains, and train/eval mode, as it was."""
+    vp, tower = cfg.vision_pretrain, base.model.vision_tower
+    flags = {p: p.requires_grad for p in base.parameters()}
+    was_training = tower.training
+    sched = _lr_lambda(dataclasses.replace(cfg.train, warmup_steps=vp.warmup_steps, max_steps=vp.steps))
+    report = pretrain_tower(tower, base.config.vision_feature_layer, vp, media, ds.pixels, sched, cfg.seed)
+    for p, flag in flags.items():
+        p.requires_grad_(flag)
+    tower.train(was_training)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "vision_pretrain.json").write_text(json.dumps(report, indent=1))
+    if "heldout" in report:
+        h = report["heldout"]
+        log.info("vision_pretrain: held-out shape %.3f colour %.3f (%d objects)", h["shape_accuracy"],
+                 h["color_accuracy"], h["objects"])
+    return report
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run training; returns a summary (losses, steps, paths)."""
     torch.manual_seed(cfg.seed)
@@ -245,6 +273,10 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.data.eval_data_path:
         held = load_conversations(cfg.data.eval_data_path)[: cfg.data.eval_max]
         val = ConversationDataset(held, tok, settings.conv_template, media, root, vision.tokens, cfg.data.cache_media)
+    pre = None
+    if state is None and cfg.vision_pretrain.scenes:
+        pre = _pretrain_vision(cfg, base, media, ds, out_dir)
+        settings.source["vision_pretrain"] = {k: pre[k] for k in ("scenes", "steps", "heldout") if k in pre}
     evals: list[dict] = []
 
     def score(at: int) -> None:
@@ -296,6 +328,7 @@ def train(cfg: TrainConfig) -> dict:
     save_checkpoint(to_save, tok, settings, final)
     summary = {"steps": step, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
                "seconds": time.perf_counter() - t0, "final": str(final), "eval": evals,
+               "vision_pretrain": None if pre is None else {k: v for k, v in pre.items() if k != "losses"},
                "config": dataclasses.asdict(cfg)}
     (out_dir / "train_summary.json").write_text(json.dumps({**summary, "losses": losses}, indent=1))
     return summary
