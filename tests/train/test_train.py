@@ -142,3 +142,54 @@ def test_held_out_score_equals_greedy_decoding(conv_data, media_dir, tmp_path):
                 logits = model(inputs_embeds=embed_batch(model, vision, batch)).logits
                 ids.append(int(logits[0, -1].argmax()))
         assert (ids[start:] == want) == right, (i, ids[start:], want)
+
+
+def test_isolated_turns_never_see_an_earlier_answer(conv_data, media_dir, tmp_path, tiny_checkpoint):
+    """data.isolate_turns: a later turn's loss does not depend on earlier answers; the first turn's is the
+    single-question record's; without it, the earlier answer does leak."""
+    from videoneva.checkpoint.native import load_checkpoint
+    from videoneva.media.settings import MediaSettings
+    from videoneva.media.sources import MediaRoot
+    from videoneva.model.vision import VisionFeatures
+    from videoneva.train.data import ConversationDataset, collate
+    from videoneva.train.loop import forward_loss
+
+    ck = load_checkpoint(tiny_checkpoint)
+    model, tok = ck.model.eval(), ck.tokenizer
+    vision = VisionFeatures(model, ck.settings.frame_token_pool)
+    size = model.config.vision_config.image_size
+    media = MediaSettings(media_type="video", num_frames=2, image_size=size, crop_size=size)
+    rec = json.loads(conv_data.read_text())[1]
+    other = json.loads(json.dumps(rec))
+    other["conversations"][1]["value"] = "a much longer first answer"
+    first = {**rec, "conversations": rec["conversations"][:2]}
+
+    def ds(recs):
+        return ConversationDataset(recs, tok, ck.settings.conv_template, media, MediaRoot(media_dir), vision.tokens, False)
+
+    def turn_losses(r, isolate):
+        ex = ds([r])[0]
+        batch = collate([ex], tok.pad_token_id, isolate)
+        out = []
+        for k in (1, 2):  # the loss of answer k alone
+            lab = torch.tensor(ex.labels)
+            keep = torch.tensor([s == k for s in ex.segments])
+            batch["labels"] = torch.where(keep, lab, torch.full_like(lab, IGNORE_INDEX))[None]
+            with torch.no_grad():
+                out.append(float(forward_loss(model, vision, batch)))
+        return out
+
+    a1, a2 = turn_losses(rec, True)
+    b1, b2 = turn_losses(other, True)
+    assert a2 == pytest.approx(b2, abs=1e-5), "turn 2 must not see turn 1's answer"
+    assert a1 != pytest.approx(b1, abs=1e-3)
+    single = ds([first])[0]
+    with torch.no_grad():
+        want = float(forward_loss(model, vision, collate([single], tok.pad_token_id)))
+    assert a1 == pytest.approx(want, abs=1e-5), "turn 1 trains exactly like the single-question record"
+    _, c2 = turn_losses(rec, False)
+    _, d2 = turn_losses(other, False)
+    assert c2 != pytest.approx(d2, abs=1e-4), "without isolation the earlier answer is visible"
+    # a short isolated run trains
+    s = train(_cfg(conv_data, media_dir, tmp_path / "run", "train.max_steps=20", "data.isolate_turns=true"))
+    assert s["last_loss"] < s["first_loss"]

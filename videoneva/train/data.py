@@ -26,6 +26,38 @@ class Example:
     input_ids: list[int]           # image token id at media positions (F·T copies)
     labels: list[int]              # IGNORE_INDEX outside assistant turns
     pixel_values: Optional[np.ndarray]  # [F, 3, H, W] float32 or None for text-only
+    segments: Optional[list[int]] = None   # turn_segments(): 0 shared prefix, k the k-th answer's turn
+    positions: Optional[list[int]] = None  # position ids with every turn placed right after the prefix
+
+
+def turn_segments(input_ids: list[int], labels: list[int], image_token_id: int) -> tuple[list[int], list[int]]:
+    """Split a multi-turn example into a shared prefix and one segment per answered turn.
+
+    The prefix runs to the last media position (to the first answer without media): the system
+    prompt, the first question and the media. Segment k (k >= 1) runs from there, or from the end
+    of answer k-1, to the end of answer k. Position ids restart after the prefix in every segment,
+    so each turn sits where a single-question prompt's answer would.
+
+    Returns:
+        (segments, positions), one entry per token.
+    """
+    media = [i for i, t in enumerate(input_ids) if t == image_token_id]
+    answered = [i for i, lab in enumerate(labels) if lab != IGNORE_INDEX]
+    end = media[-1] if media else (answered[0] - 1 if answered else len(input_ids) - 1)
+    segments: list[int] = []
+    positions: list[int] = []
+    seg, start, prev = 1, end + 1, False
+    for i, lab in enumerate(labels):
+        if i <= end:
+            segments.append(0)
+            positions.append(i)
+            continue
+        if prev and lab == IGNORE_INDEX:
+            seg, start = seg + 1, i
+        segments.append(seg)
+        positions.append(end + 1 + i - start)
+        prev = lab != IGNORE_INDEX
+    return segments, positions
 
 
 def load_conversations(path: str | Path) -> list[dict]:
@@ -82,11 +114,18 @@ class ConversationDataset(torch.utils.data.Dataset):
         text, spans = prompts.render_conversation(self.template, rec["conversations"], media_type)
         n_media = 0 if pixels is None else pixels.shape[0] * self.tpf
         tp = prompts.tokenize_with_media(self.tok, text, n_media, self.image_token_id, add_bos=False, spans=spans)
-        return Example(tp.input_ids, tp.labels, pixels)
+        segments, positions = turn_segments(tp.input_ids, tp.labels, self.image_token_id)
+        return Example(tp.input_ids, tp.labels, pixels, segments, positions)
 
 
-def collate(examples: list[Example], pad_id: int) -> dict:
-    """Right-pad ids/labels; concatenate all frames (each example's frames in order)."""
+def collate(examples: list[Example], pad_id: int, isolate_turns: bool = False) -> dict:
+    """Right-pad ids/labels; concatenate all frames (each example's frames in order).
+
+    isolate_turns adds "turn_mask" (bool [B, 1, L, L], True = may attend) and "position_ids": a
+    token sees the shared prefix (system prompt, first question, media) and the earlier tokens of
+    its own turn only, never an earlier answer, so every turn trains like a single-question
+    prompt while the media is encoded once per record.
+    """
     n = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), n), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), n), IGNORE_INDEX, dtype=torch.long)
@@ -96,8 +135,22 @@ def collate(examples: list[Example], pad_id: int) -> dict:
         labels[i, : len(e.labels)] = torch.tensor(e.labels)
         mask[i, : len(e.input_ids)] = 1
     frames = [torch.from_numpy(e.pixel_values) for e in examples if e.pixel_values is not None]
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask,
-            "pixel_values": torch.cat(frames) if frames else None}
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask,
+             "pixel_values": torch.cat(frames) if frames else None}
+    if isolate_turns:
+        seg = torch.full((len(examples), n), -1, dtype=torch.long)
+        pos = torch.zeros((len(examples), n), dtype=torch.long)
+        for i, e in enumerate(examples):
+            if e.segments is None or e.positions is None:
+                raise ValueError("isolate_turns needs examples with segments (ConversationDataset gives them)")
+            seg[i, : len(e.segments)] = torch.tensor(e.segments)
+            pos[i, : len(e.positions)] = torch.tensor(e.positions)
+        q, k = seg[:, :, None], seg[:, None, :]
+        causal = torch.ones((n, n), dtype=torch.bool).tril()
+        allowed = causal & (k >= 0) & ((k == 0) | (k == q))
+        allowed |= torch.eye(n, dtype=torch.bool)  # a padding row attends to itself (no empty softmax row)
+        batch["turn_mask"], batch["position_ids"] = allowed[:, None], pos
+    return batch
 
 
 def check_example(ex: Example, where: str) -> None:

@@ -68,6 +68,10 @@ class TrainDataConfig(DataConfig):
     eval_data_path: Optional[str] = _help("held-out LLaVA conversation json scored during training "
                                           "(teacher-forced exact match of the answers)", default=None)
     eval_max: int = _help("at most this many held-out records are scored", default=200)
+    isolate_turns: bool = _help("in a multi-turn record each turn sees only the shared prefix (system, first "
+                                "question, media) and itself, never an earlier answer; positions restart "
+                                "after the prefix (one media pass trains several independent questions)",
+                                default=False)
 
 
 @dataclass
@@ -170,8 +174,12 @@ def _lr_lambda(cfg: OptimConfig):
 def forward_loss(model, vision: VisionFeatures, batch: dict) -> torch.Tensor:
     """Cross-entropy on assistant tokens, media rows scattered where the image tokens stand."""
     embeds = embed_batch(model, vision, batch)
-    out = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"])
-    return out.loss
+    if batch.get("turn_mask") is None:
+        return model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    mask = torch.zeros(batch["turn_mask"].shape, dtype=embeds.dtype)
+    mask.masked_fill_(~batch["turn_mask"], torch.finfo(embeds.dtype).min)  # additive: eager and sdpa alike
+    return model(inputs_embeds=embeds, attention_mask=mask, position_ids=batch["position_ids"],
+                 labels=batch["labels"]).loss
 
 
 def _batches(ds, cfg: TrainConfig, start_example: int, pad_id: int):
@@ -181,7 +189,7 @@ def _batches(ds, cfg: TrainConfig, start_example: int, pad_id: int):
     while True:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
         while pos + mbs <= n:
-            yield collate([ds[i] for i in order[pos: pos + mbs]], pad_id)
+            yield collate([ds[i] for i in order[pos: pos + mbs]], pad_id, cfg.data.isolate_turns)
             pos += mbs
         epoch, pos = epoch + 1, 0
 
