@@ -34,6 +34,7 @@ from videoneva.bench.metrics import same_outputs
 from videoneva.bench.report import CpuMeter, command_line, machine_info, now_iso
 from videoneva.bench.run import write_report
 from videoneva.cli import main as cli
+from videoneva.demo.run import DEMO_INSERT
 
 HERE = Path(__file__).resolve().parent
 TMP = HERE / "results" / "tmp"
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(HERE))
     levels = [int(x) for x in args.concurrency.split(",")]
     gen = GenSettings(args.tokens, ignore_eos=True)
-    insert = "right"  # the demo model's (videoneva/demo/run.py DEMO_INSERT); any works for random weights
+    insert = DEMO_INSERT  # the demo model's; any works for random weights
     width, height = (int(x) for x in args.size.split("x"))
     machine = machine_info()
     ckpt = model_checkpoint(args.model, args.frames or 2)

@@ -1,8 +1,11 @@
 """The shipped demo model on questions from a seed never used in training.
 
-The target (issue 3) is >= 90% exact match; the model shipped now is an interim one (see README,
-"The demo model"), so the target is tracked by a strict xfail that turns into a failure the day
-a shipped model meets it (then drop the marker).
+The target (issue 3) is >= 90% exact match overall and >= 80% on every question type. It is checked
+on 1000 questions (200 scenes): on 60, one lucky or unlucky answer moves a type by 7 points (the
+model shipped now scores 90.0% on the first 60 questions of this seed and 88.7% on 1500 of
+another). The model shipped now is below the target (see README, "The demo model"), so the target
+is tracked by a strict xfail that turns into a failure the day a shipped model meets it (then drop
+the marker).
 """
 from __future__ import annotations
 
@@ -15,12 +18,16 @@ from videoneva.demo.run import DEMO_INSERT, DEMO_MODEL
 from videoneva.eval.exact_match import load_refs, score
 
 
+SCENES, QUESTIONS = 200, 5
+
+
 def _fresh_sample_report(tmp_path):
     assert (DEMO_MODEL / "model.safetensors").is_file(), "the demo checkpoint ships with the package"
     assert (DEMO_MODEL / "model.safetensors").stat().st_size <= 20 * 2**20
     data = tmp_path / "data"
-    # Seed 4242 is not the training seed (1) nor the demo's; 20 scenes x 3 questions = 60 questions.
-    assert cli(["demo-data", f"out={data}", "n=20", "seed=4242", "heldout_fraction=1.0", "questions_per_scene=3"]) == 0
+    # Seed 4242 is not the training seed (1) nor the demo's; 200 scenes x 5 questions = 1000 questions.
+    assert cli(["demo-data", f"out={data}", f"n={SCENES}", "seed=4242", "heldout_fraction=1.0",
+                f"questions_per_scene={QUESTIONS}"]) == 0
     out = tmp_path / "answers.jsonl"
     rc = cli(["infer", f"neva_model_file={DEMO_MODEL}", f"prompt_file={data / 'heldout_prompts.jsonl'}",
               f"output_file={out}", f"inference.media_base_path={data}", "inference.greedy=true",
@@ -36,10 +43,11 @@ def report(tmp_path_factory):
 
 
 def test_shipped_demo_model_answers_a_fresh_sample(report):
-    assert report.overall.n == 60 and report.overall.errors == 0 and report.overall.missing == 0
+    assert report.overall.n == SCENES * QUESTIONS and report.overall.errors == 0 and report.overall.missing == 0
     assert all(r.pred for r in report.results), "every question gets a non-empty answer"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 3 open: the interim demo model is below the 90% target")
+@pytest.mark.xfail(strict=True, reason="issue 3 open: the shipped demo model is below the target (motion < 80%)")
 def test_shipped_demo_model_meets_the_accuracy_target(report):
-    assert report.overall.accuracy >= 0.9, {k: v.accuracy for k, v in report.per_type.items()}
+    per_type = {k: round(v.accuracy, 3) for k, v in report.per_type.items()}
+    assert report.overall.accuracy >= 0.9 and min(per_type.values()) >= 0.8, (report.overall.accuracy, per_type)

@@ -10,7 +10,7 @@ from videoneva.cli import main as cli
 from videoneva.eval.exact_match import normalize_answer
 
 DEMO_MODEL = Path(__file__).parent / "assets" / "videoneva-demo"
-DEMO_INSERT = "right"  # where the demo model saw the media token in training (demo-data media_token=right)
+DEMO_INSERT = "left"  # where the demo model saw the media token in training (demo-data media_token=left)
 DEMO_SEED = 20261125  # never used for training data (training used seed 1; see videoneva/demo/train_demo.yaml)
 
 
