@@ -1,9 +1,9 @@
 """The shipped demo model on questions from a seed never used in training.
 
 The target (issue 3) is >= 90% exact match overall and >= 80% on every question type. It is checked
-on 1000 questions (200 scenes): on 60, one lucky or unlucky answer moves a type by 7 points (the
-model shipped now scores 90.0% on the first 60 questions of this seed and 88.7% on 1500 of
-another). The model shipped now is below the target (see README, "The demo model"), so the target
+on 2500 questions (500 scenes): smaller samples are too noisy at the threshold. The model shipped
+now meets the target on this seed's first 60 questions (90.0%) and first 1000 (90.1%, motion
+82.6%), but not on all 2500 (89.3%, motion 75.8%) nor on 1500 of seed 777 (88.7%, motion 75.3%). The model shipped now is below the target (see README, "The demo model"), so the target
 is tracked by a strict xfail that turns into a failure the day a shipped model meets it (then drop
 the marker).
 """
@@ -18,14 +18,14 @@ from videoneva.demo.run import DEMO_INSERT, DEMO_MODEL
 from videoneva.eval.exact_match import load_refs, score
 
 
-SCENES, QUESTIONS = 200, 5
+SCENES, QUESTIONS = 500, 5
 
 
 def _fresh_sample_report(tmp_path):
     assert (DEMO_MODEL / "model.safetensors").is_file(), "the demo checkpoint ships with the package"
     assert (DEMO_MODEL / "model.safetensors").stat().st_size <= 20 * 2**20
     data = tmp_path / "data"
-    # Seed 4242 is not the training seed (1) nor the demo's; 200 scenes x 5 questions = 1000 questions.
+    # Seed 4242 is not the training seed (1) nor the demo's; 500 scenes x 5 questions = 2500 questions.
     assert cli(["demo-data", f"out={data}", f"n={SCENES}", "seed=4242", "heldout_fraction=1.0",
                 f"questions_per_scene={QUESTIONS}"]) == 0
     out = tmp_path / "answers.jsonl"
