@@ -193,3 +193,32 @@ def test_isolated_turns_never_see_an_earlier_answer(conv_data, media_dir, tmp_pa
     # a short isolated run trains
     s = train(_cfg(conv_data, media_dir, tmp_path / "run", "train.max_steps=20", "data.isolate_turns=true"))
     assert s["last_loss"] < s["first_loss"]
+
+
+def test_loss_on_answer_positions_equals_the_models_own_loss(tiny_checkpoint, conv_data, media_dir):
+    """forward_loss runs the LM head on the answer positions only: the same loss as labels= on every position."""
+    from videoneva.checkpoint.native import load_checkpoint
+    from videoneva.media.settings import MediaSettings
+    from videoneva.media.sources import MediaRoot
+    from videoneva.model.vision import VisionFeatures
+    from videoneva.train.data import ConversationDataset, collate
+    from videoneva.train.evaluate import embed_batch
+    from videoneva.train.loop import forward_loss
+
+    ck = load_checkpoint(tiny_checkpoint)
+    model, tok = ck.model.eval(), ck.tokenizer
+    vision = VisionFeatures(model, ck.settings.frame_token_pool)
+    size = model.config.vision_config.image_size
+    media = MediaSettings(media_type="video", num_frames=2, image_size=size, crop_size=size)
+    ds = ConversationDataset(json.loads(conv_data.read_text()), tok, ck.settings.conv_template, media,
+                             MediaRoot(media_dir), vision.tokens, False)
+    batch = collate([ds[i] for i in range(len(ds))], tok.pad_token_id)  # padded rows of unequal length
+    assert (batch["attention_mask"] == 0).any()
+    with torch.no_grad():
+        want = model(inputs_embeds=embed_batch(model, vision, batch), attention_mask=batch["attention_mask"],
+                     labels=batch["labels"]).loss
+        got = forward_loss(model, vision, batch)
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    model.train()
+    forward_loss(model, vision, batch).backward()  # gradients reach the LLM through the selected rows
+    assert model.lm_head.weight.grad is not None and model.model.language_model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from videoneva import prompts
@@ -33,7 +34,7 @@ from videoneva.media.settings import MediaSettings
 from videoneva.media.sources import MediaRoot
 from videoneva.model.factory import ModelSizes, new_llava
 from videoneva.model.vision import VisionFeatures
-from videoneva.train.data import ConversationDataset, collate, load_conversations
+from videoneva.train.data import IGNORE_INDEX, ConversationDataset, collate, load_conversations
 from videoneva.train.evaluate import embed_batch, exact_match
 
 log = logging.getLogger(__name__)
@@ -172,14 +173,23 @@ def _lr_lambda(cfg: OptimConfig):
 
 
 def forward_loss(model, vision: VisionFeatures, batch: dict) -> torch.Tensor:
-    """Cross-entropy on assistant tokens, media rows scattered where the image tokens stand."""
+    """Cross-entropy on assistant tokens, media rows scattered where the image tokens stand.
+
+    The same mean next-token loss as the model's own `labels=` path, but the LM head runs on the
+    positions that predict an assistant token only (a fraction of the sequence: the media and the
+    questions carry no loss), which saves its matmul and softmax everywhere else.
+    """
     embeds = embed_batch(model, vision, batch)
-    if batch.get("turn_mask") is None:
-        return model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
-    mask = torch.zeros(batch["turn_mask"].shape, dtype=embeds.dtype)
-    mask.masked_fill_(~batch["turn_mask"], torch.finfo(embeds.dtype).min)  # additive: eager and sdpa alike
-    return model(inputs_embeds=embeds, attention_mask=mask, position_ids=batch["position_ids"],
-                 labels=batch["labels"]).loss
+    kwargs = {"attention_mask": batch["attention_mask"]}
+    if batch.get("turn_mask") is not None:
+        mask = torch.zeros(batch["turn_mask"].shape, dtype=embeds.dtype)
+        mask.masked_fill_(~batch["turn_mask"], torch.finfo(embeds.dtype).min)  # additive: eager and sdpa alike
+        kwargs = {"attention_mask": mask, "position_ids": batch["position_ids"]}
+    hidden = model.model(inputs_embeds=embeds, **kwargs).last_hidden_state  # (B, L, D)
+    target = batch["labels"][:, 1:]
+    scored = target != IGNORE_INDEX  # position t predicts token t+1
+    logits = model.lm_head(hidden[:, :-1][scored])  # (N, V)
+    return F.cross_entropy(logits.float(), target[scored])
 
 
 def _batches(ds, cfg: TrainConfig, start_example: int, pad_id: int):
