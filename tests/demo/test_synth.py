@@ -182,6 +182,22 @@ def test_questions_are_unambiguous_and_answers_canonical():
     assert seen_types == set(V.QUESTION_TYPES)
 
 
+def test_extra_questions_go_to_the_named_types_first():
+    rng_scene = np.random.default_rng(5)
+    opts = SceneOptions(image_fraction=0.0, two_shape_fraction=1.0)
+    for i in range(20):
+        spec = sample_scene(rng_scene, f"s{i}", opts)
+        plain = pick_questions(spec, 8, np.random.default_rng(i))
+        extra = pick_questions(spec, 8, np.random.default_rng(i), ("motion", "shape"))
+        assert plain[:5] == extra[:5]  # one of each type first, the same draw
+        types = [q.type for q in extra[5:]]
+        assert types == ["motion", "shape", "motion"], types  # round-robin over the named types
+        assert len({q.question for q in extra}) == 8
+    with pytest.raises(ConfigError, match="extra_types"):
+        SynthConfig(out="x", extra_types="motion,colour")
+    assert SynthConfig(out="x", extra_types=" motion, shape ").extra_type_list() == ("motion", "shape")
+
+
 def test_describe_sentence():
     a = ShapeSpec("square", "blue", "changing color", (50, 50), (50, 50), (40, 40), "green", 0.5)
     b = ShapeSpec("circle", "red", "left", (150, 50), (80, 50), (40, 40), "red")

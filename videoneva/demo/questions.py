@@ -74,21 +74,25 @@ def candidates(scene: SceneSpec) -> dict[str, list[QA]]:
     return {t: qs for t, qs in out.items() if qs}
 
 
-def pick_questions(scene: SceneSpec, k: int, rng: np.random.Generator) -> list[QA]:
+def pick_questions(scene: SceneSpec, k: int, rng: np.random.Generator, extra_types: tuple[str, ...] = ()) -> list[QA]:
     """Up to k questions, spread over the question types: one of each type (random order) first,
-    then further ones round-robin over the types while unused candidates remain.
+    then further ones round-robin over extra_types (in their order) while those have unused
+    candidates, then round-robin over all the scene's types.
 
     Args:
         scene: the scene to ask about.
         k: questions wanted (fewer come back when the scene has fewer candidates).
         rng: the scene's generator.
+        extra_types: question types the questions beyond one per type go to first (e.g. the
+            ones a model finds hardest); () spreads them over every type.
     """
     pool = candidates(scene)
     order = [list(pool)[i] for i in rng.permutation(len(pool))]
     remaining = {t: [pool[t][i] for i in rng.permutation(len(pool[t]))] for t in order}
-    picked: list[QA] = []
-    while len(picked) < k and any(remaining.values()):
-        for t in order:
-            if remaining[t] and len(picked) < k:
-                picked.append(remaining[t].pop())
+    picked = [remaining[t].pop() for t in order][:k]
+    for types in ([t for t in extra_types if t in remaining], order):
+        while len(picked) < k and any(remaining[t] for t in types):
+            for t in types:
+                if remaining[t] and len(picked) < k:
+                    picked.append(remaining[t].pop())
     return picked

@@ -49,6 +49,8 @@ class SynthConfig:
     seed: int = _help("data seed: same seed + config -> same data", 0)
     heldout_fraction: float = _help("fraction of scenes held out (0..1; 1 = all)", 0.2)
     questions_per_scene: int = _help("questions per scene, spread over the question types", 5)
+    extra_types: str = _help("comma list of question types (e.g. motion,shape) that get a scene's questions "
+                             "beyond one per type first (empty: spread over every type)", "")
     vp9_fraction: float = _help("fraction of videos encoded VP9 (.webm) instead of H.264 (.mp4)", 0.2)
     image_fraction: float = _help("fraction of scenes that are a still PNG image", 0.15)
     two_shape_fraction: float = _help("fraction of scenes with two shapes", 0.4)
@@ -78,6 +80,7 @@ class SynthConfig:
         if self.media_token not in ("left", "right"):
             raise ConfigError(f"media_token={self.media_token!r} is not valid; choose one of ['left', 'right']")
         self.frame_range()
+        self.extra_type_list()
 
     def frame_range(self) -> tuple[int, int]:
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", str(self.frames))
@@ -85,6 +88,13 @@ class SynthConfig:
         if not m or lo < 2 or hi < lo or hi > 1000:
             raise ConfigError(f"frames must be N or MIN-MAX with 2 <= MIN <= MAX <= 1000, got {self.frames!r}")
         return lo, hi
+
+    def extra_type_list(self) -> tuple[str, ...]:
+        types = tuple(t.strip() for t in str(self.extra_types or "").split(",") if t.strip())
+        bad = [t for t in types if t not in V.QUESTION_TYPES]
+        if bad:
+            raise ConfigError(f"extra_types: {bad} not question types; choose from {list(V.QUESTION_TYPES)}")
+        return types
 
     def scene_options(self) -> SceneOptions:
         return SceneOptions(size=self.size, frames=self.frame_range(), image_fraction=self.image_fraction,
@@ -117,7 +127,7 @@ def plan(cfg: SynthConfig) -> list[Scene]:
     for i in range(cfg.n):
         rng = np.random.default_rng([cfg.seed, i])
         spec = sample_scene(rng, f"scene_{i:0{width}d}", opts)
-        qas = pick_questions(spec, cfg.questions_per_scene, rng)
+        qas = pick_questions(spec, cfg.questions_per_scene, rng, cfg.extra_type_list())
         scenes.append(Scene(spec, f"{MEDIA_DIR}/{spec.filename}", tuple(qas), i in heldout))
     return scenes
 
