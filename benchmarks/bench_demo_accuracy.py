@@ -2,7 +2,7 @@
 
 Generates scenes with a seed never used for training (default options, so the question mix is the
 generator's, not the training set's), answers every question with the real `videoneva infer`
-(greedy, the media token on the right as in training) and scores them with `videoneva eval-demo`.
+(greedy, the media token placed as in training: DEMO_INSERT) and scores them with `videoneva eval-demo`.
 Writes results/demo_accuracy.json (the full report, every answer) and results/demo_accuracy.md.
 
     python benchmarks/bench_demo_accuracy.py [--n 300] [--seed 777] [--model videoneva/demo/assets/videoneva-demo]
