@@ -32,10 +32,8 @@ RECIPE = HERE.parent / "videoneva" / "demo" / "train_demo.yaml"
 
 def full_logits_loss(model, vision, batch: dict) -> torch.Tensor:
     """The model's own labels= loss (LM head on every position), same masks as forward_loss."""
-    mask = torch.zeros(batch["turn_mask"].shape)
-    mask.masked_fill_(~batch["turn_mask"], torch.finfo(torch.float32).min)
-    return model(inputs_embeds=embed_batch(model, vision, batch), attention_mask=mask,
-                 position_ids=batch["position_ids"], labels=batch["labels"]).loss
+    embeds = embed_batch(model, vision, batch)
+    return model(inputs_embeds=embeds, labels=batch["labels"], **L.attention_inputs(batch, embeds.dtype)).loss
 
 
 def main(argv: list[str]) -> int:
@@ -59,11 +57,7 @@ def main(argv: list[str]) -> int:
         model, tok, settings = L._build(cfg, records)
         model, base = L._prepare(model, cfg)
         vision = L.VisionFeatures(base, settings.frame_token_pool)
-        size = base.config.vision_config.image_size
-        media = L.MediaSettings(media_type=settings.media_type, num_frames=settings.num_frames,
-                                splice_single_frame=settings.splice_single_frame, image_size=size, crop_size=size,
-                                image_mean=tuple(settings.image_mean), image_std=tuple(settings.image_std),
-                                image_aspect_ratio=settings.image_aspect_ratio)
+        media = L.train_media_settings(settings, base)
         ds = L.ConversationDataset(records, tok, settings.conv_template, media, L.MediaRoot(data), vision.tokens, True)
         mbs = cfg.train.micro_batch_size
         batches = [L.collate([ds[i] for i in range(j, j + mbs)], tok.pad_token_id, True)

@@ -172,6 +172,16 @@ def _lr_lambda(cfg: OptimConfig):
     return f
 
 
+def attention_inputs(batch: dict, dtype: torch.dtype) -> dict:
+    """The LLM's attention kwargs for a collated batch: the 2D padding mask, or with isolated turns
+    the 4D additive turn mask (eager and sdpa alike) and the restarted position ids."""
+    if batch.get("turn_mask") is None:
+        return {"attention_mask": batch["attention_mask"]}
+    mask = torch.zeros(batch["turn_mask"].shape, dtype=dtype)
+    mask.masked_fill_(~batch["turn_mask"], torch.finfo(dtype).min)
+    return {"attention_mask": mask, "position_ids": batch["position_ids"]}
+
+
 def forward_loss(model, vision: VisionFeatures, batch: dict) -> torch.Tensor:
     """Cross-entropy on assistant tokens, media rows scattered where the image tokens stand.
 
@@ -180,12 +190,7 @@ def forward_loss(model, vision: VisionFeatures, batch: dict) -> torch.Tensor:
     questions carry no loss), which saves its matmul and softmax everywhere else.
     """
     embeds = embed_batch(model, vision, batch)
-    kwargs = {"attention_mask": batch["attention_mask"]}
-    if batch.get("turn_mask") is not None:
-        mask = torch.zeros(batch["turn_mask"].shape, dtype=embeds.dtype)
-        mask.masked_fill_(~batch["turn_mask"], torch.finfo(embeds.dtype).min)  # additive: eager and sdpa alike
-        kwargs = {"attention_mask": mask, "position_ids": batch["position_ids"]}
-    hidden = model.model(inputs_embeds=embeds, **kwargs).last_hidden_state  # (B, L, D)
+    hidden = model.model(inputs_embeds=embeds, **attention_inputs(batch, embeds.dtype)).last_hidden_state  # (B, L, D)
     target = batch["labels"][:, 1:]
     scored = target != IGNORE_INDEX  # position t predicts token t+1
     logits = model.lm_head(hidden[:, :-1][scored])  # (N, V)
@@ -243,6 +248,15 @@ def _save_last(model, tok, settings, last: Path, opt, sched, step: int, losses: 
                last / "trainer_state.pt")
 
 
+def train_media_settings(settings: CheckpointSettings, model) -> MediaSettings:
+    """The media preprocessing training uses: the checkpoint's settings at the tower's input size."""
+    size = model.config.vision_config.image_size
+    return MediaSettings(media_type=settings.media_type, num_frames=settings.num_frames,
+                         splice_single_frame=settings.splice_single_frame, image_size=size, crop_size=size,
+                         image_mean=tuple(settings.image_mean), image_std=tuple(settings.image_std),
+                         image_aspect_ratio=settings.image_aspect_ratio)
+
+
 def _pretrain_vision(cfg: TrainConfig, base, media: MediaSettings, ds: ConversationDataset, out_dir: Path) -> dict:
     """The tower pretraining of a new model (vision_pretrain.*); leaves what trains, and train/eval mode, as it was."""
     vp, tower = cfg.vision_pretrain, base.model.vision_tower
@@ -280,11 +294,7 @@ def train(cfg: TrainConfig) -> dict:
     if state is not None:
         model.load_state_dict(state["model"])
     vision = VisionFeatures(base, settings.frame_token_pool)
-    size = base.config.vision_config.image_size
-    media = MediaSettings(media_type=settings.media_type, num_frames=settings.num_frames,
-                          splice_single_frame=settings.splice_single_frame, image_size=size, crop_size=size,
-                          image_mean=tuple(settings.image_mean), image_std=tuple(settings.image_std),
-                          image_aspect_ratio=settings.image_aspect_ratio)
+    media = train_media_settings(settings, base)
     root = MediaRoot(cfg.data.video_folder or cfg.data.image_folder or Path(cfg.data.data_path).parent)
     ds = ConversationDataset(records, tok, settings.conv_template, media, root, vision.tokens, cfg.data.cache_media)
     val = None
