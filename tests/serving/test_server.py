@@ -228,3 +228,89 @@ def test_missing_and_mistyped_tensors_are_refused_by_triton(server, client, medi
                               _input("no_such_input", np.array([1], np.int32), "INT32")])
     assert err and "no_such_input" in err
     good_request(client, media_dir)
+
+
+def _stub_pids(srv) -> list[int]:
+    """The server's python stubs: the processes of its process group other than tritonserver."""
+    import os
+
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2:].split()[2]) == srv.proc.pid and int(pid) != srv.proc.pid:
+            pids.append(int(pid))
+    return pids
+
+
+def test_stalled_stubs_only_delay_answers(engine_dir, media_dir, tmp_path):
+    """The python backend calls a stub "not healthy" when its health thread misses a 1 s window while
+    the server waits for execute() to return; that instance then stays broken, or the server crashes.
+    Every model's execute() returns at once, so all stubs frozen for 2.5 s mid-request (CPU
+    starvation), then the whole server (a paused VM), only delay the answers in flight, and every
+    instance answers afterwards."""
+    import os
+    import signal
+
+    from tests.serving.conftest import start
+    from videoneva.serving import Client
+
+    srv = start(engine_dir, media_dir, tmp_path / "stall", "videoneva_instances=3")
+    names = ["clip.mp4", "clip.webm", "still.png"]
+
+    def ask(c, i, n=24):
+        name = names[i % 3]
+        return remote(c, f"Question {i}?", n=n, media_type="image" if name.endswith(".png") else "video",
+                      media_bytes=(media_dir / name).read_bytes())
+
+    try:
+        stubs = _stub_pids(srv)
+        assert len(stubs) == 9, stubs  # videoneva x3, preprocess x2, vision_encoder, llm, postprocess, feature_cache
+        with Client(srv.grpc_url, timeout=120, retries=0) as c:
+            for frozen in (stubs, [srv.proc.pid, *stubs]):
+                with ThreadPoolExecutor(6) as pool:
+                    jobs = [pool.submit(ask, c, i) for i in range(6)]
+                    time.sleep(0.5)
+                    for pid in frozen:
+                        os.kill(pid, signal.SIGSTOP)
+                    time.sleep(2.5)
+                    for pid in frozen:
+                        os.kill(pid, signal.SIGCONT)
+                    answers = [j.result() for j in jobs]
+                assert all(a["token_ids"] for a in answers)
+                with ThreadPoolExecutor(6) as pool:  # every instance still answers
+                    assert all(a["token_ids"] for a in pool.map(lambda i: ask(c, i, n=4), range(12)))
+        assert srv.proc.poll() is None, srv.log_tail()
+        assert sorted(_stub_pids(srv)) == sorted(stubs)
+    finally:
+        srv.stop()
+
+
+def test_many_streamed_answers_leave_every_stub_alive(engine_dir, media_dir, tmp_path):
+    """Streaming makes the llm answer the `videoneva` model with a response per token (a decoupled
+    BLS call). The stub used to free those responses' numpy arrays in a thread without the GIL,
+    which corrupted its heap: with 8 streamed requests in flight a `videoneva` stub died within a
+    minute or two (../shared/reference/FINDINGS.md). bls_stream holds the responses until that thread is done."""
+    from tests.serving.conftest import start
+    from videoneva.serving import Client
+
+    srv = start(engine_dir, media_dir, tmp_path / "streams", "videoneva_instances=8", "cache_bytes=0")
+    names = ["clip.mp4", "clip.webm", "clip.avi", "still.png"]
+    data = {n: (media_dir / n).read_bytes() for n in names}
+
+    def ask(c, i):
+        name = names[i % 4]
+        return c.answer(f"Question {i}?", on_delta=lambda _t: None, max_tokens=8, min_tokens=8, greedy=True,
+                        insert_media_token="left", media_type="image" if name.endswith(".png") else "video",
+                        media_bytes=data[name])
+
+    try:
+        stubs = _stub_pids(srv)
+        with Client(srv.grpc_url, timeout=60, retries=0) as c, ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda i: ask(c, i), range(1200)))
+        assert all(len(a["token_ids"]) == 8 for a in answers)
+        assert sorted(_stub_pids(srv)) == sorted(stubs), "a python stub died"
+    finally:
+        srv.stop()

@@ -3,13 +3,22 @@
 Runs inside the python backend's stub, where `triton_python_backend_utils` is importable. The
 work itself is in stages.py; this module converts tensors, sends responses and errors, makes BLS
 calls, and exports the feature-cache counters as Triton custom metrics.
+
+Every model's execute() only copies its requests' inputs and queues them for the instance's one
+worker thread, which does the work and answers through each request's response sender. While the
+server waits for execute() to return, the python backend checks once a second that the stub's
+health thread has run; a stub that stalls for about a second (CPU starvation, a paused VM) is then
+declared "not healthy", and that instance stays broken or the server crashes (../shared/reference/FINDINGS.md).
+Returning at once keeps that window to the time of a copy.
 """
 from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 import traceback
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -59,15 +68,68 @@ def response(tensors: dict[str, np.ndarray]) -> "pb_utils.InferenceResponse":
     return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in tensors.items()])
 
 
-def answer_each(requests, fn) -> list:
-    """Non-decoupled models: one response per request, an error response for a request that fails."""
-    out = []
+def error_response(exc: BaseException) -> "pb_utils.InferenceResponse":
+    return pb_utils.InferenceResponse(output_tensors=[], error=error_of(exc))
+
+
+def send_final(sender, resp) -> None:
+    """The request's last response; a request the client has cancelled meanwhile is only logged."""
+    try:
+        sender.send(resp, flags=FINAL)
+    except Exception as exc:  # noqa: BLE001  the worker goes on with the next request
+        pb_utils.Logger.log_warn(f"videoneva: could not send a response ({type(exc).__name__}: {exc})")
+
+
+class Worker:
+    """The instance's one worker thread: runs queued jobs in order, after execute() has returned.
+
+    One thread, so an instance does one thing at a time, as when it worked inside execute();
+    instances give concurrency.
+    """
+
+    def __init__(self, name: str):
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name=f"videoneva-{name}", daemon=True)
+        self.thread.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.jobs.put(job)
+
+    def _run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            try:
+                job()
+            except Exception:  # noqa: BLE001  a job sends its own error responses; this is a bug
+                pb_utils.Logger.log_error(f"videoneva: worker job failed\n{traceback.format_exc()}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.jobs.put(None)
+        self.thread.join(timeout)
+
+
+def answer_each(worker: Worker, requests, fn) -> None:
+    """Default-mode models: each request gets exactly one final response (an error for one that
+    fails, never failing the others), sent by the worker."""
     for request in requests:
+        sender = request.get_response_sender()
         try:
-            out.append(response(fn(request)))
-        except Exception as exc:  # noqa: BLE001  one bad request never fails the others
-            out.append(pb_utils.InferenceResponse(output_tensors=[], error=error_of(exc)))
-    return out
+            job = fn(request)  # reads and copies the inputs now: they are freed when execute() returns
+        except Exception as exc:  # noqa: BLE001
+            send_final(sender, error_response(exc))
+            continue
+
+        def run(job=job, sender=sender) -> None:
+            try:
+                resp = response(job())
+            except Exception as exc:  # noqa: BLE001
+                resp = error_response(exc)
+            send_final(sender, resp)
+
+        worker.submit(run)
+    return None
 
 
 def _front(params: dict):
@@ -82,30 +144,50 @@ def _threads(params: dict) -> None:
         torch.set_num_threads(n)
 
 
-class PreprocessModel:
+class _Model:
+    """A model with a worker thread (see the module docstring); finalize() stops it."""
+
+    def __init__(self, args: dict):
+        self.worker = Worker(args.get("model_instance_name") or args.get("model_name") or "model")
+
+    def finalize(self) -> None:
+        self.worker.stop()
+
+
+class PreprocessModel(_Model):
     def __init__(self, args: dict):
         params = params_of(args)
         _threads(params)
         _, self.front = _front(params)
+        super().__init__(args)
 
     def execute(self, requests):
-        return answer_each(requests, lambda r: stages.preprocess(self.front, inputs_of(r, stages.PREPROCESS_IN)))
+        def job(r):
+            t = inputs_of(r, stages.PREPROCESS_IN)
+            return lambda: stages.preprocess(self.front, t)
+        return answer_each(self.worker, requests, job)
 
 
-class PostprocessModel:
+class PostprocessModel(_Model):
     def __init__(self, args: dict):
         _, self.front = _front(params_of(args))
+        super().__init__(args)
 
     def execute(self, requests):
-        return answer_each(requests, lambda r: stages.postprocess(self.front, inputs_of(r, stages.POSTPROCESS_IN)))
+        def job(r):
+            t = inputs_of(r, stages.POSTPROCESS_IN)
+            return lambda: stages.postprocess(self.front, t)
+        return answer_each(self.worker, requests, job)
 
 
-class VisionModel:
-    """Frames of all requests in a dynamic batch go through the encoder in one call."""
+class VisionModel(_Model):
+    """Frames of all requests queued at the worker go through the encoder in one call (at most the
+    config's max_batch_size frames): the dynamic batch of one execute() plus those queued behind it."""
 
     def __init__(self, args: dict):
         params = params_of(args)
         _threads(params)
+        self.max_frames = int(json.loads(args["model_config"]).get("max_batch_size", 0) or 0)
         from pathlib import Path
 
         from videoneva.config import InferConfig, load_config
@@ -116,18 +198,43 @@ class VisionModel:
         manifest, media = read_engine_dir(d)
         backend, _ = select_backends(manifest, cfg.device)  # ONNX Runtime on CPU, the TensorRT plan on GPU
         self.encoder = load_vision(d, manifest, media, backend)
+        super().__init__(args)
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()  # (pixels, sender), filled by execute()
 
     def execute(self, requests):
-        try:
-            pixels = [pb_utils.get_input_tensor_by_name(r, "pixel_values").as_numpy() for r in requests]
-            feats = stages.encode_batches(self.encoder, pixels)
-            return [response({"features": f}) for f in feats]
-        except Exception as exc:  # noqa: BLE001
-            err = error_of(exc)
-            return [pb_utils.InferenceResponse(output_tensors=[], error=err) for _ in requests]
+        for r in requests:
+            sender = r.get_response_sender()
+            try:
+                self.inbox.put((inputs_of(r, ["pixel_values"])["pixel_values"], sender))
+            except Exception as exc:  # noqa: BLE001
+                send_final(sender, error_response(exc))
+        self.worker.submit(self._drain)
+        return None
+
+    def _drain(self) -> None:
+        """Worker: encode everything in the inbox, in calls of at most max_frames frames. The
+        inbox holds this execute()'s batch and those queued meanwhile; a later _drain finds it empty."""
+        items = []
+        while True:
+            try:
+                items.append(self.inbox.get_nowait())
+            except queue.Empty:
+                break
+        while items:
+            batch, frames = [], 0
+            while items and (not batch or not self.max_frames or frames + items[0][0].shape[0] <= self.max_frames):
+                frames += items[0][0].shape[0]
+                batch.append(items.pop(0))
+            try:
+                feats = stages.encode_batches(self.encoder, [p for p, _ in batch])
+                resps = [response({"features": f}) for f in feats]
+            except Exception as exc:  # noqa: BLE001
+                resps = [error_response(exc)] * len(batch)
+            for (_, sender), resp in zip(batch, resps):
+                send_final(sender, resp)
 
 
-class LLMModel:
+class LLMModel(_Model):
     """Decoupled: with streaming, one response per generated token id, then the final one."""
 
     def __init__(self, args: dict):
@@ -142,22 +249,30 @@ class LLMModel:
         manifest, media, _, tok, _ = engine_settings(d, cfg)
         _, backend = select_backends(manifest, cfg.device)  # ONNX Runtime or torch on CPU, TensorRT-LLM on GPU
         self.llm = load_llm(d, manifest, media, backend, tok, cfg.trainer.precision)
+        super().__init__(args)
 
     def execute(self, requests):
         for request in requests:
             sender = request.get_response_sender()
             try:
                 inputs = inputs_of(request, stages.LLM_IN)
-                stream = bool(inputs.get("streaming", np.array([False])).reshape(-1)[0])
-                on_token = None
-                if stream:
-                    def on_token(tid: int) -> None:
-                        sender.send(response({"output_ids": np.array([tid], np.int32)}))
-                final = stages.generate(self.llm, inputs, on_token)
-                sender.send(response(final), flags=FINAL)
             except Exception as exc:  # noqa: BLE001
-                sender.send(pb_utils.InferenceResponse(output_tensors=[], error=error_of(exc)), flags=FINAL)
+                send_final(sender, error_response(exc))
+                continue
+            self.worker.submit(lambda inputs=inputs, sender=sender: self._generate(inputs, sender))
         return None
+
+    def _generate(self, inputs: dict[str, np.ndarray], sender) -> None:
+        try:
+            stream = bool(inputs.get("streaming", np.array([False])).reshape(-1)[0])
+            on_token = None
+            if stream:
+                def on_token(tid: int) -> None:
+                    sender.send(response({"output_ids": np.array([tid], np.int32)}))
+            resp = response(stages.generate(self.llm, inputs, on_token))
+        except Exception as exc:  # noqa: BLE001
+            resp = error_response(exc)
+        send_final(sender, resp)
 
 
 def _tensors_of(resp) -> dict[str, np.ndarray]:
@@ -181,14 +296,38 @@ def bls_call(model: str, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray
     return _tensors_of(resp)
 
 
-def bls_stream(model: str, tensors: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+# Response iterators of finished decoupled BLS calls, kept until the stub has dropped its own
+# reference (see bls_stream). Only the `videoneva` model's worker thread touches it.
+_HELD: list = []
+
+
+def bls_stream(model: str, tensors: dict[str, np.ndarray], barrier: Callable[[], bool]) -> Iterator[dict[str, np.ndarray]]:
+    """A decoupled model's responses, each copied out of the stub's shared memory.
+
+    The stub keeps each call's response iterator in a map that a thread without the GIL clears
+    once the last response has come (its cleanup message); if Python has already let go of the
+    iterator, the responses' numpy arrays are freed there without the GIL, which corrupted the
+    stub's heap under streaming load (../shared/reference/FINDINGS.md). So the iterator is read to its last
+    response and held until barrier() has made a round trip through the same queue as the cleanup
+    (True: it did); the last references then go here, with the GIL.
+    """
     responses = pb_utils.InferenceRequest(model_name=model, inputs=[pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in tensors.items()],
                                           requested_output_names=[]).exec(decoupled=True)
-    for resp in responses:
-        _raise_for(model, resp)
-        out = _tensors_of(resp)
-        if out:  # the stream ends with an empty, final-flagged response
-            yield out
+    try:
+        for resp in responses:
+            _raise_for(model, resp)
+            out = {k: np.array(v, copy=True) for k, v in _tensors_of(resp).items()}
+            resp = None
+            if out:  # the stream ends with an empty, final-flagged response
+                yield out
+    finally:
+        resp = None
+        for _ in responses:  # to the last response: then the stub queues its cleanup
+            pass
+        _HELD.append(responses)
+        responses = None
+        if barrier():
+            _HELD.clear()
 
 
 class _CacheMetrics:
@@ -217,7 +356,7 @@ class _CacheMetrics:
             self.last[key] = value
 
 
-class FeatureCacheModel:
+class FeatureCacheModel(_Model):
     """One instance holds the visual feature cache for every `videoneva` instance.
 
     A request with `features` stores them under `key`; a request without looks `key` up.
@@ -232,28 +371,32 @@ class FeatureCacheModel:
         except Exception as exc:  # noqa: BLE001  custom metrics are optional: keep serving, log them
             log.warning("custom metrics unavailable (%s); feature-cache stats go to the log only", exc)
             self.metrics = None
+        super().__init__(args)
 
-    def _one(self, request) -> dict[str, np.ndarray]:
+    def _one(self, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        t = inputs_of(request, stages.CACHE_IN)
         key = stages.text_of(t["key"])
         if "features" in t:
             self.cache.put(key, torch.from_numpy(t["features"]), json.loads(stages.text_of(t["meta"])))
-            return {"found": np.array([True]), "features": np.zeros((0, 0), np.float32), "meta": stages.json_tensor({})}
-        hit = self.cache.get(key)
-        if hit is None:
-            return {"found": np.array([False]), "features": np.zeros((0, 0), np.float32), "meta": stages.json_tensor({})}
-        return {"found": np.array([True]), "features": hit[0].numpy(), "meta": stages.json_tensor(hit[1])}
-
-    def execute(self, requests):
-        out = answer_each(requests, self._one)
+            out = {"found": np.array([True]), "features": np.zeros((0, 0), np.float32), "meta": stages.json_tensor({})}
+        else:
+            hit = self.cache.get(key)
+            out = {"found": np.array([hit is not None]),
+                   "features": np.zeros((0, 0), np.float32) if hit is None else hit[0].numpy(),
+                   "meta": stages.json_tensor({} if hit is None else hit[1])}
         s = self.cache.stats
         if self.metrics is not None:
             self.metrics.update(s)
         pb_utils.Logger.log_verbose(f"videoneva feature cache: hits={s.hits} misses={s.misses} "
                                     f"evictions={s.evictions} entries={s.entries} bytes={s.bytes}")
         return out
+
+    def execute(self, requests):
+        def job(r):
+            t = inputs_of(r, stages.CACHE_IN)
+            return lambda: self._one(t)
+        return answer_each(self.worker, requests, job)
 
 
 class BLSCache:
@@ -272,10 +415,9 @@ class BLSCache:
                                    "meta": stages.json_tensor(meta)})
 
 
-class VideoNevaModel:
-    """The entry point (BLS, decoupled). Each instance answers its requests one at a time with
-    synchronous BLS calls (calls from several threads of one stub crashed the wheel's python
-    backend stub); `videoneva_instances` instances answer requests concurrently."""
+class VideoNevaModel(_Model):
+    """The entry point (BLS, decoupled). Each instance answers its requests one at a time, on its
+    worker thread with synchronous BLS calls; `videoneva_instances` instances answer concurrently."""
 
     def __init__(self, args: dict):
         params = params_of(args)
@@ -285,11 +427,18 @@ class VideoNevaModel:
         self.orchestrator = stages.Orchestrator(front, cache, stages.default_sampling(cfg, front),
                                                 server_media_root=bool(cfg.inference.media_base_path))
         self.model_id = front.settings.model_id
+        super().__init__(args)
 
     def execute(self, requests):
         for request in requests:
-            # Triton itself refuses unknown, missing or mistyped inputs before they reach us
-            self._answer(inputs_of(request, INPUTS), request.get_response_sender())
+            sender = request.get_response_sender()
+            try:
+                # Triton itself refuses unknown, missing or mistyped inputs before they reach us
+                inputs = inputs_of(request, INPUTS)
+            except Exception as exc:  # noqa: BLE001
+                send_final(sender, error_response(exc))
+                continue
+            self.worker.submit(lambda inputs=inputs, sender=sender: self._answer(inputs, sender))
         return None
 
     def _answer(self, inputs, sender) -> None:
@@ -299,10 +448,14 @@ class VideoNevaModel:
             if req.stream:
                 def on_delta(d: stages.Delta) -> None:
                     sender.send(response({"text_output": string_tensor(d.text), "output_ids": np.asarray(d.token_ids, np.int32)}))
-            result = self.orchestrator.answer(req, bls_call, bls_stream, on_delta)
+            def stream(model: str, tensors: dict[str, np.ndarray]):
+                return bls_stream(model, tensors, barrier=lambda: not sender.is_cancelled())
+
+            result = self.orchestrator.answer(req, bls_call, stream, on_delta)
             result["model_id"] = self.model_id
-            sender.send(response({"text_output": string_tensor(result["clean_response"]),
-                                  "output_ids": np.asarray(result["token_ids"], np.int32),
-                                  "result_json": string_tensor(json.dumps(result, ensure_ascii=False))}), flags=FINAL)
+            resp = response({"text_output": string_tensor(result["clean_response"]),
+                             "output_ids": np.asarray(result["token_ids"], np.int32),
+                             "result_json": string_tensor(json.dumps(result, ensure_ascii=False))})
         except Exception as exc:  # noqa: BLE001  one bad request never fails the others
-            sender.send(pb_utils.InferenceResponse(output_tensors=[], error=error_of(exc)), flags=FINAL)
+            resp = error_response(exc)
+        send_final(sender, resp)
