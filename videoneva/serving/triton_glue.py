@@ -110,26 +110,32 @@ class Worker:
         self.thread.join(timeout)
 
 
-def answer_each(worker: Worker, requests, fn) -> None:
-    """Default-mode models: each request gets exactly one final response (an error for one that
-    fails, never failing the others), sent by the worker."""
+def queue_each(worker: Worker, requests, names, handle: Callable[[dict, object], None]) -> None:
+    """Copy each request's inputs now (they are freed when execute() returns) and queue
+    handle(inputs, sender) for the worker; a request whose inputs cannot be read is answered with
+    its error at once, never failing the others."""
     for request in requests:
         sender = request.get_response_sender()
         try:
-            job = fn(request)  # reads and copies the inputs now: they are freed when execute() returns
+            inputs = inputs_of(request, names)
         except Exception as exc:  # noqa: BLE001
             send_final(sender, error_response(exc))
             continue
-
-        def run(job=job, sender=sender) -> None:
-            try:
-                resp = response(job())
-            except Exception as exc:  # noqa: BLE001
-                resp = error_response(exc)
-            send_final(sender, resp)
-
-        worker.submit(run)
+        worker.submit(lambda inputs=inputs, sender=sender: handle(inputs, sender))
     return None
+
+
+def answer_each(worker: Worker, requests, names, compute: Callable[[dict], dict]) -> None:
+    """Default-mode models: each request gets exactly one final response, compute(inputs)'s
+    tensors or the error it raised, sent by the worker."""
+    def handle(inputs, sender) -> None:
+        try:
+            resp = response(compute(inputs))
+        except Exception as exc:  # noqa: BLE001  one bad request never fails the others
+            resp = error_response(exc)
+        send_final(sender, resp)
+
+    return queue_each(worker, requests, names, handle)
 
 
 def _front(params: dict):
@@ -162,10 +168,7 @@ class PreprocessModel(_Model):
         super().__init__(args)
 
     def execute(self, requests):
-        def job(r):
-            t = inputs_of(r, stages.PREPROCESS_IN)
-            return lambda: stages.preprocess(self.front, t)
-        return answer_each(self.worker, requests, job)
+        return answer_each(self.worker, requests, stages.PREPROCESS_IN, lambda t: stages.preprocess(self.front, t))
 
 
 class PostprocessModel(_Model):
@@ -174,10 +177,7 @@ class PostprocessModel(_Model):
         super().__init__(args)
 
     def execute(self, requests):
-        def job(r):
-            t = inputs_of(r, stages.POSTPROCESS_IN)
-            return lambda: stages.postprocess(self.front, t)
-        return answer_each(self.worker, requests, job)
+        return answer_each(self.worker, requests, stages.POSTPROCESS_IN, lambda t: stages.postprocess(self.front, t))
 
 
 class VisionModel(_Model):
@@ -252,15 +252,7 @@ class LLMModel(_Model):
         super().__init__(args)
 
     def execute(self, requests):
-        for request in requests:
-            sender = request.get_response_sender()
-            try:
-                inputs = inputs_of(request, stages.LLM_IN)
-            except Exception as exc:  # noqa: BLE001
-                send_final(sender, error_response(exc))
-                continue
-            self.worker.submit(lambda inputs=inputs, sender=sender: self._generate(inputs, sender))
-        return None
+        return queue_each(self.worker, requests, stages.LLM_IN, self._generate)
 
     def _generate(self, inputs: dict[str, np.ndarray], sender) -> None:
         try:
@@ -393,10 +385,7 @@ class FeatureCacheModel(_Model):
         return out
 
     def execute(self, requests):
-        def job(r):
-            t = inputs_of(r, stages.CACHE_IN)
-            return lambda: self._one(t)
-        return answer_each(self.worker, requests, job)
+        return answer_each(self.worker, requests, stages.CACHE_IN, self._one)
 
 
 class BLSCache:
@@ -430,16 +419,8 @@ class VideoNevaModel(_Model):
         super().__init__(args)
 
     def execute(self, requests):
-        for request in requests:
-            sender = request.get_response_sender()
-            try:
-                # Triton itself refuses unknown, missing or mistyped inputs before they reach us
-                inputs = inputs_of(request, INPUTS)
-            except Exception as exc:  # noqa: BLE001
-                send_final(sender, error_response(exc))
-                continue
-            self.worker.submit(lambda inputs=inputs, sender=sender: self._answer(inputs, sender))
-        return None
+        # Triton itself refuses unknown, missing or mistyped inputs before they reach us
+        return queue_each(self.worker, requests, INPUTS, self._answer)
 
     def _answer(self, inputs, sender) -> None:
         try:
