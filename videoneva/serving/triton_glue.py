@@ -9,7 +9,8 @@ worker thread, which does the work and answers through each request's response s
 server waits for execute() to return, the python backend checks once a second that the stub's
 health thread has run; a stub that stalls for about a second (CPU starvation, a paused VM) is then
 declared "not healthy", and that instance stays broken or the server crashes (../shared/reference/FINDINGS.md).
-Returning at once keeps that window to the time of a copy.
+Returning at once narrows that window from a whole generation to a copy; a stall that overlaps an
+execute() call (a request handed to a stub while it is stalled) is still fatal to that instance.
 """
 from __future__ import annotations
 
