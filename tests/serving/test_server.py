@@ -260,12 +260,17 @@ def test_stalled_stubs_mid_generation_only_delay_the_answer(server, media_dir):
     thread answers. So the llm stub frozen for 2.5 s mid-generation (CPU starvation), then the
     whole server with its stubs (a paused VM), only delay the answer, and the server goes on.
     (A stall during an execute() call itself, now as short as a copy, is still fatal in Triton
-    2.51: ../shared/reference/FINDINGS.md.)"""
+    2.51: ../shared/reference/FINDINGS.md.)
+
+    The freeze comes at the first text piece the client gets; the tiny model generates the other
+    63 tokens in under 0.1 s, so a slow hop to the client can let the generation end first. Such a
+    try proves nothing (no piece came after the thaw) and is tried again, up to TRIES times."""
     import os
     import signal
 
     from videoneva.serving import Client
 
+    TRIES = 8
     llm = _stub_of(server, "llm_0_0")
     stubs = _stub_pids(server)
     data = (media_dir / "clip.mp4").read_bytes()
@@ -273,19 +278,22 @@ def test_stalled_stubs_mid_generation_only_delay_the_answer(server, media_dir):
         for freeze, thaw in ((lambda: os.kill(llm, signal.SIGSTOP), lambda: os.kill(llm, signal.SIGCONT)),
                              (lambda: os.killpg(server.proc.pid, signal.SIGSTOP),
                               lambda: os.killpg(server.proc.pid, signal.SIGCONT))):
-            times, thawed = [], threading.Event()
+            spans = []
+            while len(spans) < TRIES and not (spans and spans[-1] >= 2.4):
+                times, thawed = [], threading.Event()
 
-            def on_delta(_text, times=times, freeze=freeze, thaw=thaw, thawed=thawed):
-                times.append(time.monotonic())
-                if len(times) == 1:  # the first piece: the llm is generating the others
-                    freeze()
-                    threading.Timer(2.5, lambda: (thaw(), thawed.set())).start()
+                def on_delta(_text, times=times, freeze=freeze, thaw=thaw, thawed=thawed):
+                    times.append(time.monotonic())
+                    if len(times) == 1:  # the first piece: the llm is (most likely) generating the others
+                        freeze()
+                        threading.Timer(2.5, lambda: (thaw(), thawed.set())).start()
 
-            out = c.answer("Describe the clip.", on_delta=on_delta, max_tokens=MAX_TOKENS, min_tokens=MAX_TOKENS,
-                           greedy=True, insert_media_token="left", media_type="video", media_bytes=data)
-            assert thawed.wait(10)
-            assert len(out["token_ids"]) == MAX_TOKENS
-            assert times[-1] - times[0] >= 2.4, "generation ended before the freeze: it tested nothing"
+                out = c.answer("Describe the clip.", on_delta=on_delta, max_tokens=MAX_TOKENS, min_tokens=MAX_TOKENS,
+                               greedy=True, insert_media_token="left", media_type="video", media_bytes=data)
+                assert thawed.wait(10)  # never hand a request to a frozen stub: that is the fatal case
+                assert len(out["token_ids"]) == MAX_TOKENS
+                spans.append(times[-1] - times[0])
+            assert spans[-1] >= 2.4, f"no try froze the server mid-generation (first to last piece, s: {spans})"
         with ThreadPoolExecutor(8) as pool:  # every instance still answers
             assert all(a["token_ids"] for a in pool.map(lambda i: remote(c, f"Question {i}?", n=4), range(16)))
     assert server.proc.poll() is None, server.log_tail()
