@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = Path(args.engine_dir) if args.engine_dir else demo_engine(tmp, args.llm_backend)
     llm_backend = json.loads((engine / "manifest.json").read_text())["settings"]["llm"]["backend"]
     clips = videos(tmp, args.videos, args.seconds)
-    common = [f"engine_dir={engine}", "grpc_port=0", "http_port=0", "metrics_port=0", "torch_threads=1"]
+    common = [f"engine_dir={engine}", "grpc_port=0", "http_port=0", "metrics_port=0", "threads=1"]
     lat: dict[str, list[float]] = {"cache": [], "no_cache": []}
     hits = {"cache": 0, "no_cache": 0}
     with tempfile.TemporaryDirectory() as work:
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                         t0 = time.perf_counter()
                         res = ask(which, clip, f"Question {r}: what is the shape doing?")
                         lat[which].append(time.perf_counter() - t0)
-                        hits[which] += res["media"].get("cache") == "hit"
+                        hits[which] += res.media.get("cache") == "hit"
         finally:
             for s in servers.values():
                 s.stop()

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             "onnx": lambda s: ort_llm.generate(ids, table, s).token_ids}
     rows_out, same = [], True
     for n in [int(x) for x in args.lengths.split(",")]:
-        s = replace(base, tokens_to_generate=n, min_tokens_to_generate=n)
+        s = replace(base, max_tokens=n, min_tokens=n)
         got = {k: f(s) for k, f in runs.items()}
         row_same = got["loop"] == got["generate"] == got["onnx"]
         same &= row_same

@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     from videoneva.serving.serve import ServeConfig, start_server
 
     scfg = load_config(ServeConfig, [f"engine_dir={eng}", "grpc_port=0", "http_port=0", "metrics_port=0",
-                                     "cache_bytes=0", f"torch_threads={args.server_threads}",
+                                     "cache_bytes=0", f"threads={args.server_threads}",
                                      f"videoneva_instances={max(levels)}", "startup_timeout=600"])
     with tempfile.TemporaryDirectory(prefix="bench_serving_") as work:
         server = start_server(scfg, work)

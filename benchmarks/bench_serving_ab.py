@@ -2,9 +2,9 @@
 
 Two `videoneva serve` servers on the same engine directory run at once (an idle one uses ~0.4% of
 a core); each concurrency level is measured on both, alternating which goes first, so machine
-noise falls on both alike. Server A's python stubs import `videoneva` from `git archive BASE`
-(their `python_path`), server B's from this checkout; the repository templates are this
-checkout's. Same prompts, greedy, a fixed output length (ignore_eos), the feature cache off.
+noise falls on both alike. Server A is `git archive BASE` (its `videoneva` package and its
+triton_repo/ templates, started with that package first on the import path), server B this
+checkout. Same prompts, greedy, a fixed output length (ignore_eos), the feature cache off.
 Answers are streamed (as `videoneva bench` does) unless --unstreamed; a request without an
 answer in 60 s counts as an error.
 
@@ -16,10 +16,13 @@ Writes results/serving_ab_streamed.{json,md} or results/serving_ab_unstreamed.{j
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import videoneva.media  # noqa: F401  (PyAV before decord)
@@ -34,31 +37,42 @@ ROOT = HERE.parent
 
 
 def code_at(rev: str, out: Path) -> str:
-    """The `videoneva` package of commit rev, unpacked under out; returns its commit id."""
+    """The `videoneva` package and triton_repo/ of commit rev, unpacked under out; returns its commit id."""
     sha = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=ROOT, check=True,
                          capture_output=True, text=True).stdout.strip()
     out.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "archive", sha, "videoneva"], cwd=ROOT, check=True, capture_output=True).stdout
+    archive = subprocess.run(["git", "archive", sha, "videoneva", "triton_repo"], cwd=ROOT, check=True,
+                             capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
     return sha
 
 
-def start(engine: Path, work: Path, python_root: str | None, instances: int, threads: int):
-    """A server whose stubs import videoneva from python_root (None: this checkout)."""
-    import videoneva.serving.serve as serve
-    from videoneva.config import load_config
-    from videoneva.serving.server import stub_python_path
+class Served:
+    """`python -m videoneva.cli serve` of the code under root (None: this checkout), until stop()."""
 
-    cfg = load_config(serve.ServeConfig, [f"engine_dir={engine}", "grpc_port=0", "http_port=0", "metrics_port=0",
-                                          "cache_bytes=0", f"torch_threads={threads}",
-                                          f"videoneva_instances={instances}", "startup_timeout=600"])
-    own = serve.stub_python_path
-    if python_root is not None:
-        serve.stub_python_path = lambda: [python_root, *stub_python_path()[1:]]
-    try:
-        return serve.start_server(cfg, work)
-    finally:
-        serve.stub_python_path = own
+    def __init__(self, engine: Path, root: Path | None, instances: int, threads: int):
+        env = dict(os.environ)
+        if root is not None:
+            env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+        cli = [sys.executable, "-m", "videoneva.cli", "serve"]
+        keys = subprocess.run(cli + ["--help"], env=env, check=True, capture_output=True, text=True).stdout
+        thread_key = "threads" if re.search(r"^  threads \[", keys, re.M) else "torch_threads"
+        self.proc = subprocess.Popen(cli + [f"engine_dir={engine}", "grpc_port=0", "http_port=0", "metrics_port=0",
+                                            "cache_bytes=0", f"{thread_key}={threads}", f"videoneva_instances={instances}",
+                                            "startup_timeout=600"],
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        for line in self.proc.stdout:
+            lines.append(line)
+            if "videoneva serve: ready" in line:
+                self.grpc_url = re.search(r"grpc=(\S+)", line).group(1)
+                threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
+                return
+        raise RuntimeError("server did not start:\n" + "".join(lines[-30:]))
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(120)
 
 
 class UnstreamedTarget(ServerTarget):
@@ -69,7 +83,7 @@ class UnstreamedTarget(ServerTarget):
         result = self.client.answer(job.text, request_id=str(job.question_id), max_tokens=g.tokens_to_generate,
                                     min_tokens=g.min_tokens, greedy=g.greedy, repetition_penalty=g.repetition_penalty,
                                     insert_media_token=self.insert, **self.media(job))
-        return list(result["token_ids"])
+        return list(result.token_ids)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench_ab_") as work:
         sha = code_at(args.base, Path(work) / "base")
-        servers = {"A": start(eng, Path(work) / "a", str(Path(work) / "base"), max(levels), args.server_threads)}
+        servers = {"A": Served(eng, Path(work) / "base", max(levels), args.server_threads)}
         try:
-            servers["B"] = start(eng, Path(work) / "b", None, max(levels), args.server_threads)
+            servers["B"] = Served(eng, None, max(levels), args.server_threads)
             clients = {k: Client(s.grpc_url, timeout=60, retries=0) for k, s in servers.items()}
             kind = UnstreamedTarget if args.unstreamed else ServerTarget
             targets = {k: kind(c, gen, prompts.parent, "bytes", DEMO_INSERT) for k, c in clients.items()}

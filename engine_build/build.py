@@ -28,7 +28,7 @@ from videoneva.checkpoint.native import LoadedCheckpoint, load_checkpoint
 from videoneva.config import DataConfig, QuantizationConfig, TrainerConfig, _help, config_help, load_config
 from videoneva.errors import ConfigError
 from videoneva.model.vision import tokens_per_frame
-from videoneva.runtime.engine import ENGINE_FORMAT
+from videoneva.runtime.engine_dir import ENGINE_FORMAT
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +156,7 @@ def _calibration_batches(cfg: BuildConfig, ckpt: LoadedCheckpoint, plan: dict) -
                           "FILE.json (LLaVA conversation json with videos/images)")
     records = load_conversations(path)[: q.num_samples]
     s, size = ckpt.settings, ckpt.image_size
-    media = MediaSettings(media_type=s.media_type, num_frames=plan["num_frames"],
-                          splice_single_frame=s.splice_single_frame, image_size=size, crop_size=size,
-                          image_mean=tuple(s.image_mean), image_std=tuple(s.image_std),
-                          image_aspect_ratio=s.image_aspect_ratio)
+    media = dataclasses.replace(MediaSettings.from_checkpoint(s, size), num_frames=plan["num_frames"])
     vision = VisionFeatures(ckpt.model, plan["frame_token_pool"]).eval()
     root = MediaRoot(q.calib_media_root or Path(path).parent)
     ds = ConversationDataset(records, ckpt.tokenizer, s.conv_template, media, root, vision.tokens, cache_media=False)

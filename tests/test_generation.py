@@ -9,7 +9,7 @@ from videoneva.runtime.pipeline import Request
 
 def test_settings_map_to_generation_config(tiny_tokenizer):
     gc = generation_config(SamplingSettings(greedy=False, temperature=0.2, top_k=0, top_p=0.9,
-                                            repetition_penalty=1.2, tokens_to_generate=256), tiny_tokenizer)
+                                            repetition_penalty=1.2, max_tokens=256), tiny_tokenizer)
     assert gc.do_sample and gc.temperature == 0.2 and gc.top_k == 0 and gc.top_p == 0.9  # 0: off, not 50
     assert gc.repetition_penalty == 1.2 and gc.max_new_tokens == 256
     greedy = generation_config(SamplingSettings(greedy=True, top_k=5), tiny_tokenizer)
@@ -32,7 +32,7 @@ def _pipe(ckpt, media, *extra):
 def test_min_and_max_tokens_are_honoured(tiny_checkpoint, media_dir):
     pipe = _pipe(tiny_checkpoint, media_dir)
     req = Request("What color?", "video", "clip.mp4")
-    out = pipe.answer(req, SamplingSettings(tokens_to_generate=5, min_tokens_to_generate=5, greedy=True,
+    out = pipe.answer(req, SamplingSettings(max_tokens=5, min_tokens=5, greedy=True,
                                             end_strings=["<extra_id_1>"]))
     assert len(out.token_ids) == 5 and out.finish_reason == "length"
 
@@ -40,6 +40,6 @@ def test_min_and_max_tokens_are_honoured(tiny_checkpoint, media_dir):
 def test_add_bos_prepends_the_bos_token(tiny_checkpoint, media_dir):
     with_bos = _pipe(tiny_checkpoint, media_dir, "inference.add_BOS=true")
     without = _pipe(tiny_checkpoint, media_dir)
-    ids_a = with_bos.tokenize("hello <video>", 4)
-    ids_b = without.tokenize("hello <video>", 4)
+    ids_a = with_bos.front.tokenize("hello <video>", 4)
+    ids_b = without.front.tokenize("hello <video>", 4)
     assert ids_a[0] == with_bos.tokenizer.bos_token_id and ids_a[1:] == ids_b

@@ -262,6 +262,18 @@ def load_config(schema: type, overrides: list[str], yaml_path: str | Path | None
         raise ConfigError(str(exc)) from None
 
 
+def load_config_dict(schema: type, data: dict) -> Any:
+    """A validated `schema` instance from plain data (e.g. `to_dict` of one, as JSON)."""
+    _resolve_types(schema)
+    for sub in dataclasses.fields(schema):
+        if isinstance(sub.type, type) and dataclasses.is_dataclass(sub.type):
+            _resolve_types(sub.type)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(data)))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"bad configuration: {str(exc).splitlines()[0]}") from None
+
+
 def config_help(schema: type, title: str) -> str:
     """Render `--help` text from the dataclass fields (keys, defaults of a default instance, help)."""
     lines = [title, "", "keys (key=value; defaults in brackets):"]

@@ -1,37 +1,12 @@
-"""Sampling settings → transformers GenerationConfig (the reference the torch decode loop is tested against) and
-TensorRT-LLM sampling kwargs."""
+"""SamplingSettings (videoneva.schema) → transformers GenerationConfig (the reference the torch decode loop is
+tested against) and TensorRT-LLM sampling kwargs."""
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
+from videoneva.schema import SamplingSettings
 
-@dataclass
-class SamplingSettings:
-    """One request's decoding settings (NeMo's inference.* keys)."""
-
-    tokens_to_generate: int = 256
-    min_tokens_to_generate: int = 0
-    greedy: bool = False
-    temperature: float = 0.2
-    top_k: int = 0          # 0: off
-    top_p: float = 0.9      # 1.0: off
-    repetition_penalty: float = 1.2
-    end_strings: list[str] = field(default_factory=list)
-    all_probs: bool = False
-    seed: int | None = None
-
-    @classmethod
-    def from_inference(cls, inf, end_strings: list[str]) -> "SamplingSettings":
-        """From an InferenceConfig plus the template's own stop strings."""
-        merged = list(dict.fromkeys([*inf.end_strings, *end_strings]))
-        return cls(
-            tokens_to_generate=inf.tokens_to_generate, min_tokens_to_generate=inf.min_tokens_to_generate,
-            greedy=inf.greedy, temperature=inf.temperature, top_k=inf.top_k, top_p=inf.top_p,
-            repetition_penalty=inf.repetition_penalty, end_strings=merged,
-            all_probs=inf.all_probs or inf.compute_logprob, seed=inf.seed,
-        )
+__all__ = ["SamplingSettings", "split_end_strings", "generation_config", "trim_at_end_strings", "trtllm_sampling_kwargs"]
 
 
 def split_end_strings(tokenizer: PreTrainedTokenizerBase, end_strings: list[str]) -> tuple[list[int], list[str]]:
@@ -53,9 +28,9 @@ def generation_config(s: SamplingSettings, tokenizer: PreTrainedTokenizerBase) -
     stop_ids, stop_texts = split_end_strings(tokenizer, s.end_strings)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop_ids[0] if stop_ids else 0)
     kwargs = dict(
-        max_new_tokens=s.tokens_to_generate, min_new_tokens=s.min_tokens_to_generate or None,
+        max_new_tokens=s.max_tokens, min_new_tokens=s.min_tokens or None,
         repetition_penalty=s.repetition_penalty, eos_token_id=stop_ids or None, pad_token_id=pad,
-        stop_strings=stop_texts or None, output_scores=s.all_probs, return_dict_in_generate=True,
+        stop_strings=stop_texts or None, output_scores=s.return_log_probs, return_dict_in_generate=True,
     )
     if s.greedy:
         kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
@@ -78,7 +53,7 @@ def trim_at_end_strings(text: str, end_strings: list[str]) -> tuple[str, str | N
 def trtllm_sampling_kwargs(s: SamplingSettings) -> dict:
     """The same settings in TensorRT-LLM's SamplingConfig / Triton tensorrtllm input names."""
     return {
-        "max_new_tokens": s.tokens_to_generate, "min_length": s.min_tokens_to_generate,
+        "max_new_tokens": s.max_tokens, "min_length": s.min_tokens,
         "top_k": 1 if s.greedy else s.top_k, "top_p": 0.0 if s.greedy else s.top_p,
         "temperature": 1.0 if s.greedy else s.temperature, "repetition_penalty": s.repetition_penalty,
         "stop_words": list(s.end_strings), "random_seed": s.seed,

@@ -1,19 +1,19 @@
 """`videoneva infer key=value…`: the seed's neva_evaluation.py job, in-process (or against a server)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Any
 
 from tqdm import tqdm
 
 from videoneva import prompts
 from videoneva.config import InferConfig, config_help, load_config
 from videoneva.errors import ConfigError, VideoNevaError
-from videoneva.generation import SamplingSettings
 from videoneva.jobfiles import PromptLine, ResultWriter, read_prompt_file
+from videoneva.schema import Answer, Delta, Request, SamplingSettings
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,13 @@ answer_id, metadata, and `error` when that line failed. resume=true skips answer
 Exit status: 0 if every line succeeded, 1 if any line failed (a summary names them), 2 on a
 configuration or checkpoint error. `config=FILE.yaml` loads defaults from a YAML file.
 
-Against a server (`videoneva serve`): server_url=HOST:PORT [concurrency=N stream=true
-server_media=bytes|path request_timeout=S retries=N]; no model is loaded here. The model_id
-written is the server's model id."""
+Against a server (`videoneva serve`): server_url=HOST:PORT [concurrency=N server_media=bytes|path
+request_timeout=S retries=N]; no model is loaded here. The model_id written is the server's model
+id. A line may set its own "num_frames" and "splice_single_frame". stream=true (with concurrency=1)
+prints each answer as it is generated."""
 
 
-def output_record(line: PromptLine, model_id: str, answer: Any = None, error: str | None = None) -> dict:
+def output_record(line: PromptLine, model_id: str, answer: Answer | None = None, error: str | None = None) -> dict:
     """One output line: the input fields + the seed's output fields (NeMo's names)."""
     rec = dict(line.record)
     rec["question_id"] = line.question_id
@@ -44,7 +45,8 @@ def output_record(line: PromptLine, model_id: str, answer: Any = None, error: st
     if answer is not None:
         rec.update(prompt=answer.prompt, full_text=answer.prompt + answer.raw_response,
                    raw_response=answer.raw_response, pred_answer=answer.clean_response,
-                   metadata={"finish_reason": answer.finish_reason, **answer.media, "timings": answer.timings})
+                   metadata={"finish_reason": answer.finish_reason, **answer.media, "usage": answer.usage,
+                             "timings": answer.timings})
         if answer.logprobs is not None:
             rec["logprobs"], rec["tokens"] = answer.logprobs, answer.tokens
     if error is not None:
@@ -95,40 +97,46 @@ def run_lines(lines: list[PromptLine], writer: ResultWriter, answer_fn, model_id
     return failures
 
 
+def line_request(line: PromptLine, media_bytes: bytes | None = None) -> Request:
+    """The Request of a prompt line (its media by path, or as bytes read by the caller)."""
+    return Request(line.text, line.media_type, None if media_bytes is not None else line.media_path, media_bytes,
+                   num_frames=line.num_frames, splice_single_frame=line.splice_single_frame)
+
+
+def line_sampling(cfg: InferConfig, line: PromptLine) -> SamplingSettings:
+    """inference.* as sampling settings, seeded per line (seed + line index, as NeMo's job does)."""
+    return dataclasses.replace(SamplingSettings.from_inference(cfg.inference), seed=cfg.inference.seed + line.line_no - 1)
+
+
+def printer(cfg: InferConfig):
+    """on_delta that prints streamed answers (stream=true, concurrency=1), else None."""
+    if not (cfg.stream and cfg.concurrency == 1 and cfg.print_answers):
+        return None
+
+    def on_delta(d: Delta) -> None:
+        sys.stdout.write(d.text)
+        sys.stdout.flush()
+    return on_delta
+
+
 def remote_answer_fn(cfg: InferConfig):
     """answer_fn for `server_url=`: each line goes to the server over gRPC (media as bytes or a path)."""
     from videoneva.media.sources import MediaRoot
-    from videoneva.runtime.pipeline import Answer
     from videoneva.serving.client import Client
 
     client = Client(cfg.server_url, timeout=cfg.request_timeout, retries=cfg.retries)
     root = MediaRoot(cfg.inference.media_base_path) if cfg.server_media == "bytes" else None
-    inf = cfg.inference
-    insert = inf.insert_media_token or "none"
+    on_delta = printer(cfg)
 
-    def answer(line: PromptLine):
-        media = {}
-        if line.media_type is not None:
-            media["media_type"] = line.media_type
-            if root is not None:
-                media["media_bytes"] = root.read_bytes(line.media_path)
-            else:
-                media["media_path"] = line.media_path
-        seed = None if inf.greedy else inf.seed + line.line_no - 1
-        on_delta = None
-        if cfg.stream and cfg.concurrency == 1 and cfg.print_answers:
-            def on_delta(text: str) -> None:
-                sys.stdout.write(text)
-                sys.stdout.flush()
-        result = client.answer(
-            line.text, on_delta=on_delta, request_id=str(line.question_id), end_strings=list(inf.end_strings),
-            insert_media_token=insert, max_tokens=inf.tokens_to_generate, min_tokens=inf.min_tokens_to_generate,
-            greedy=inf.greedy, temperature=inf.temperature, top_k=inf.top_k, top_p=inf.top_p,
-            repetition_penalty=inf.repetition_penalty, seed=seed, return_log_probs=inf.all_probs or inf.compute_logprob,
-            **media)
+    def answer(line: PromptLine) -> Answer:
+        req = line_request(line, root.read_bytes(line.media_path) if root is not None and line.media_type else None)
+        req.insert_media_token = cfg.inference.insert_media_token or "none"  # NeMo: null = the text as given
+        inputs = {k: v for k, v in dataclasses.asdict(req).items() if k != "text"}
+        result = client.answer(line.text, on_delta=None if on_delta is None else (lambda t: on_delta(Delta(t, []))),
+                               request_id=str(line.question_id), **inputs, **dataclasses.asdict(line_sampling(cfg, line)))
         if on_delta is not None:
             sys.stdout.write("\n")
-        return Answer(**result)
+        return result
 
     return client, answer
 
@@ -163,14 +171,13 @@ def main(argv: list[str]) -> int:
     from videoneva.runtime.loader import build_pipeline  # heavy imports after the cheap checks
 
     pipe = build_pipeline(cfg)
-    from videoneva.runtime.pipeline import Request
+    on_delta = printer(cfg)
 
-    end_strings = prompts.stop_strings(pipe.settings.template)
-
-    def answer(line: PromptLine):
-        sampling = SamplingSettings.from_inference(cfg.inference, end_strings)
-        sampling.seed = cfg.inference.seed + line.line_no - 1
-        return pipe.answer(Request(line.text, line.media_type, line.media_path), sampling)
+    def answer(line: PromptLine) -> Answer:
+        out = pipe.answer(line_request(line), line_sampling(cfg, line), on_delta)
+        if on_delta is not None:
+            sys.stdout.write("\n")
+        return out
 
     with writer:
         failures = run_lines(lines, writer, answer, pipe.settings.model_id, cfg.print_answers, cfg.concurrency)

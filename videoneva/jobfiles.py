@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from videoneva.errors import ConfigError
+from videoneva.schema import SPLICE_CHOICES
 
 TEXT_KEYS = ("text", "prompt", "question")   # NeMo accepts any of these for the question
 MEDIA_KEYS = ("video", "image")
@@ -28,6 +29,8 @@ class PromptLine:
     text: Optional[str] = None
     media_type: Optional[str] = None
     media_path: Optional[str] = None
+    num_frames: Optional[int] = None            # the line's own frame sampling (null: the model's)
+    splice_single_frame: Optional[str] = None
     error: Optional[str] = None
 
 
@@ -61,6 +64,14 @@ def parse_prompt_record(line_no: int, rec: dict, default_media_type: str) -> Pro
             pl.error = f"line {line_no}: {key!r} must be a relative path string, got {rec[key]!r}"
             return pl
         pl.media_type, pl.media_path = key, rec[key]
+        frames, splice = rec.get("num_frames"), rec.get("splice_single_frame")
+        if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or frames < 1):
+            pl.error = f"line {line_no}: 'num_frames' must be a positive whole number, got {frames!r}"
+            return pl
+        if splice is not None and splice not in SPLICE_CHOICES:
+            pl.error = f"line {line_no}: 'splice_single_frame' must be one of {list(SPLICE_CHOICES)}, got {splice!r}"
+            return pl
+        pl.num_frames, pl.splice_single_frame = frames, splice
     elif default_media_type in MEDIA_KEYS and "media" not in rec:
         pl.error = (f"line {line_no}: no {default_media_type!r} key (inference.media_type={default_media_type}); "
                     f"give the media path, e.g. {{\"{default_media_type}\": \"clip.mp4\", \"text\": …}}")

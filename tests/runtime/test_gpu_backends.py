@@ -115,22 +115,41 @@ def _manifest(vision="tensorrt", llm="tensorrt_llm", skipped=True) -> dict:
     return m
 
 
-def test_select_backends():
-    assert engine_mod.select_backends(_manifest(), "auto") == ("tensorrt", "tensorrt_llm")
-    assert engine_mod.select_backends(_manifest(), "cuda") == ("tensorrt", "tensorrt_llm")
-    assert engine_mod.select_backends(_manifest(), "cpu") == ("onnx", "torch")
-    assert engine_mod.select_backends({"settings": {}}, "auto") == ("onnx", "torch")
-    assert engine_mod.select_backends(_manifest("onnx", "tensorrt_llm"), "auto") == ("onnx", "tensorrt_llm")
-    assert engine_mod.select_backends(_manifest("onnx", "onnx"), "auto") == ("onnx", "onnx")
-    assert engine_mod.select_backends(_manifest("tensorrt", "onnx"), "cpu") == ("onnx", "onnx")
+def _eng(path, manifest):
+    """An EngineDir as the reader would give it for this manifest (what the loaders take)."""
+    from videoneva.checkpoint.settings import CheckpointSettings
+    from videoneva.runtime.engine_dir import EngineDir
+
+    built = manifest.get("settings", {})
+    return EngineDir(path=path, manifest=manifest, settings=CheckpointSettings(num_frames=4), image_size=112,
+                     patch_size=14, image_token_len=64, hidden_size=64, image_token_id=5, vocab_size=400,
+                     max_context=1024, vision_backend=built.get("vision", {}).get("backend", "onnx"),
+                     llm_backend=built.get("llm", {}).get("backend", "torch"))
+
+
+def test_select_backends(tmp_path):
+    assert _eng(tmp_path, _manifest()).backends("auto") == ("tensorrt", "tensorrt_llm")
+    assert _eng(tmp_path, _manifest()).backends("cuda") == ("tensorrt", "tensorrt_llm")
+    assert _eng(tmp_path, _manifest()).backends("cpu") == ("onnx", "torch")
+    assert _eng(tmp_path, {"settings": {}}).backends("auto") == ("onnx", "torch")
+    assert _eng(tmp_path, _manifest("onnx", "tensorrt_llm")).backends("auto") == ("onnx", "tensorrt_llm")
+    assert _eng(tmp_path, _manifest("onnx", "onnx")).backends("auto") == ("onnx", "onnx")
+    assert _eng(tmp_path, _manifest("tensorrt", "onnx")).backends("cpu") == ("onnx", "onnx")
+
+
+def test_unknown_backend_in_the_manifest_is_refused(tmp_path, tiny_tokenizer):
+    from videoneva.runtime.engine_dir import EngineDir
+
+    d = _gpu_engine_dir(tmp_path, tiny_tokenizer)
+    (d / "manifest.json").write_text(json.dumps(_manifest("openvino")))
     with pytest.raises(CheckpointError, match="vision.backend='openvino'"):
-        engine_mod.select_backends(_manifest("openvino"), "auto")
+        EngineDir.read(d)
 
 
 def test_load_vision_error_names_plan_reason_and_command(tmp_path, no_module):
     no_module("tensorrt")
     with pytest.raises(trt_b.BackendUnavailable) as err:
-        engine_mod.load_vision(tmp_path, _manifest(), {"image_token_len": 64, "hidden_size": 64}, "tensorrt")
+        engine_mod.load_vision(_eng(tmp_path, _manifest()), "tensorrt")
     msg = str(err.value)
     for part in ("vision/vision.plan is missing", "tensorrt is not installed", "trtexec --onnx=x",
                  "`tensorrt` Python package is not installed", "device=cpu"):
@@ -139,16 +158,15 @@ def test_load_vision_error_names_plan_reason_and_command(tmp_path, no_module):
 
 def test_load_llm_error_names_engine_reason_and_command(tmp_path, tiny_tokenizer, no_module):
     no_module("tensorrt_llm")
-    media = {"image_token_id": 5}
     with pytest.raises(trt_b.BackendUnavailable) as err:
-        engine_mod.load_llm(tmp_path, _manifest(), media, "tensorrt_llm", tiny_tokenizer, "16")
+        engine_mod.load_llm(_eng(tmp_path, _manifest()), "tensorrt_llm", tiny_tokenizer, "16")
     msg = str(err.value)
     for part in ("llm/trtllm_engine is missing", "trtllm-build --checkpoint_dir c", "`tensorrt_llm` Python package"):
         assert part in msg, part
     # the artifact is there but the library is not: only the library is named
     (tmp_path / "llm" / "trtllm_engine").mkdir(parents=True)
     with pytest.raises(trt_b.BackendUnavailable) as err:
-        engine_mod.load_llm(tmp_path, _manifest(), media, "tensorrt_llm", tiny_tokenizer, "16")
+        engine_mod.load_llm(_eng(tmp_path, _manifest()), "tensorrt_llm", tiny_tokenizer, "16")
     assert "is missing" not in str(err.value) and "tensorrt_llm" in str(err.value)
 
 
@@ -165,6 +183,7 @@ def _gpu_engine_dir(tmp_path, tokenizer):
     media = {"settings": dataclasses.asdict(CheckpointSettings(num_frames=4)), "image_size": 112, "patch_size": 14,
              "image_token_len": 64, "hidden_size": 64, "image_token_id": 5}
     (d / "media.json").write_text(json.dumps(media))
+    (d / "llm" / "torch" / "config.json").write_text(json.dumps({"vocab_size": 400, "max_position_embeddings": 1024}))
     return d
 
 
@@ -225,7 +244,7 @@ def test_stop_rule_splits_end_strings(tiny_tokenizer):
 
 
 def test_generate_kwargs_greedy(tiny_tokenizer):
-    s = SamplingSettings(tokens_to_generate=12, greedy=True, repetition_penalty=1.0, seed=3,
+    s = SamplingSettings(max_tokens=12, greedy=True, repetition_penalty=1.0, seed=3,
                          end_strings=["<extra_id_1>"])
     kw = llm_b.generate_kwargs(s, llm_b.stop_rule(tiny_tokenizer, s.end_strings))
     assert kw["top_k"] == 1 and kw["top_p"] == 0.0 and kw["temperature"] == 1.0
@@ -237,8 +256,8 @@ def test_generate_kwargs_greedy(tiny_tokenizer):
 
 
 def test_generate_kwargs_sampling(tiny_tokenizer):
-    s = SamplingSettings(tokens_to_generate=64, min_tokens_to_generate=4, greedy=False, temperature=0.7, top_k=20,
-                         top_p=0.8, repetition_penalty=1.3, seed=11, all_probs=True, end_strings=[])
+    s = SamplingSettings(max_tokens=64, min_tokens=4, greedy=False, temperature=0.7, top_k=20,
+                         top_p=0.8, repetition_penalty=1.3, seed=11, return_log_probs=True, end_strings=[])
     kw = llm_b.generate_kwargs(s, llm_b.stop_rule(tiny_tokenizer, []), max_new_tokens=10, streaming=True)
     assert (kw["top_k"], kw["top_p"], kw["temperature"], kw["repetition_penalty"]) == (20, 0.8, 0.7, 1.3)
     assert kw["min_tokens"] == 4 and kw["random_seed"] == 11 and kw["max_new_tokens"] == 10
@@ -337,7 +356,7 @@ def test_generate_passes_ids_table_and_sampling(tiny_tokenizer):
     m = _model_with(runner, tiny_tokenizer)
     ids = fake_media_ids([1, 9, 9, 9, 9, 6], [1, 2, 3, 4], m.vocab_size)
     feats = torch.randn(4, 64)
-    s = SamplingSettings(tokens_to_generate=8, greedy=True, repetition_penalty=1.0, end_strings=["<extra_id_7>"])
+    s = SamplingSettings(max_tokens=8, greedy=True, repetition_penalty=1.0, end_strings=["<extra_id_7>"])
     out = m.generate(ids, feats, s)
     assert out.token_ids == [30, 31, 32] and out.finish_reason == "stop" and out.logprobs is None
     (batch, kw), = runner.calls
@@ -352,7 +371,7 @@ def test_generate_passes_ids_table_and_sampling(tiny_tokenizer):
 
 def test_generate_fits_the_engine(tiny_tokenizer):
     m = _model_with(_FakeRunner(list(range(10, 60))), tiny_tokenizer)
-    s = SamplingSettings(tokens_to_generate=256, greedy=True, end_strings=[])
+    s = SamplingSettings(max_tokens=256, greedy=True, end_strings=[])
     out = m.generate(list(range(10, 50)), None, s)  # 40 prompt tokens, max_seq_len 64 → 24 new at most
     assert len(out.token_ids) == 24 and out.finish_reason == "length"
     assert m.runner.calls[-1][1]["prompt_table"] is None
@@ -370,7 +389,7 @@ def test_generate_fits_the_engine(tiny_tokenizer):
 def test_tensorrt_vision_matches_onnx(tmp_path, precision, atol):
     from engine_build.vision import build_vision_plan, export_vision_onnx
     from videoneva.model.factory import TINY, new_llava
-    from videoneva.runtime.onnx_backend import OnnxVisionEncoder
+    from videoneva.runtime.onnx_vision import OnnxVisionEncoder
 
     llava = new_llava(dataclasses.replace(TINY, image_size=112), image_token_id=3)
     info = export_vision_onnx(llava, tmp_path / "vision.onnx", 112)
@@ -427,7 +446,7 @@ def test_trtllm_greedy_matches_torch(tmp_path, tiny_tokenizer):
     text = tiny_tokenizer.encode("What color is the shape?", add_special_tokens=False)
     positions = list(range(1, 33))
     base = [text[0]] + [5] * 32 + text[1:]
-    s = SamplingSettings(tokens_to_generate=12, greedy=True, repetition_penalty=1.0, end_strings=[])
+    s = SamplingSettings(max_tokens=12, greedy=True, repetition_penalty=1.0, end_strings=[])
     got = ours.generate(fake_media_ids(base, positions, ours.vocab_size), feats, s)
     want = ref.generate(fake_media_ids(base, positions, ref.vocab_size), feats, s)
     full = fake_media_ids(base, positions, ref.vocab_size) + want.token_ids[:-1]
@@ -470,7 +489,7 @@ def test_engine_dir_runs_gpu_backends_like_cpu(tmp_path, tiny_tokenizer, media_d
     cpu = build_pipeline(load_config(InferConfig, [*common, "device=cpu"]))
     req = Request("What color is the shape?", "video", "clip.mp4")
     torch.testing.assert_close(gpu.features(req)[0].float().cpu(), cpu.features(req)[0], atol=5e-2, rtol=0)
-    s = SamplingSettings(tokens_to_generate=8, greedy=True, repetition_penalty=1.0, end_strings=[])
+    s = SamplingSettings(max_tokens=8, greedy=True, repetition_penalty=1.0, end_strings=[])
     a, b = gpu.answer(req, s), cpu.answer(req, s)
     assert a.prompt == b.prompt and len(a.token_ids) > 0
     # fp16 engine vs fp32 torch on random weights: the first greedy token is far from a tie

@@ -50,25 +50,25 @@ def test_onnx_runtime_generates_what_torch_generates(pair):
     torch_llm, onnx_llm, _, _ = pair
     ids, table = _prompt(torch_llm)
     cases = [
-        SamplingSettings(tokens_to_generate=12, greedy=True, repetition_penalty=1.0, end_strings=[]),
-        SamplingSettings(tokens_to_generate=12, greedy=True, repetition_penalty=1.5, end_strings=[]),
-        SamplingSettings(tokens_to_generate=10, greedy=False, temperature=0.7, top_k=20, top_p=0.9,
-                         repetition_penalty=1.2, min_tokens_to_generate=3, seed=5, end_strings=[]),
-        SamplingSettings(tokens_to_generate=1, greedy=True, repetition_penalty=1.0, end_strings=[]),
+        SamplingSettings(max_tokens=12, greedy=True, repetition_penalty=1.0, end_strings=[]),
+        SamplingSettings(max_tokens=12, greedy=True, repetition_penalty=1.5, end_strings=[]),
+        SamplingSettings(max_tokens=10, greedy=False, temperature=0.7, top_k=20, top_p=0.9,
+                         repetition_penalty=1.2, min_tokens=3, seed=5, end_strings=[]),
+        SamplingSettings(max_tokens=1, greedy=True, repetition_penalty=1.0, end_strings=[]),
     ]
     for sampling in cases:
-        sampling.all_probs = True
+        sampling.return_log_probs = True
         a, b = torch_llm.generate(ids, table, sampling), onnx_llm.generate(ids, table, sampling)
         assert b.token_ids == a.token_ids and b.finish_reason == a.finish_reason, sampling
         assert b.token_ids or b.finish_reason == "stop"
         torch.testing.assert_close(torch.tensor(b.logprobs), torch.tensor(a.logprobs), rtol=1e-4, atol=1e-4)
-    assert onnx_llm.generate(ids, table, dataclasses.replace(cases[0], tokens_to_generate=0)).token_ids == []
+    assert onnx_llm.generate(ids, table, dataclasses.replace(cases[0], max_tokens=0)).token_ids == []
 
 
 def test_stops_and_streaming_are_those_of_torch(pair):
     torch_llm, onnx_llm, _, _ = pair
     ids, table = _prompt(torch_llm)
-    greedy = SamplingSettings(tokens_to_generate=12, greedy=True, repetition_penalty=1.0, end_strings=[])
+    greedy = SamplingSettings(max_tokens=12, greedy=True, repetition_penalty=1.0, end_strings=[])
     free = torch_llm.generate(ids, table, greedy).token_ids
     tok = torch_llm.tokenizer
     stop = next(tok.decode([i]) for i in free[2:] if tok.encode(tok.decode([i]), add_special_tokens=False) == [i])
@@ -83,7 +83,7 @@ def test_stops_and_streaming_are_those_of_torch(pair):
 def test_bad_prompt_table_and_missing_files_are_named(pair, tmp_path, tiny_tokenizer):
     torch_llm, onnx_llm, _, out = pair
     ids, table = _prompt(torch_llm)
-    greedy = SamplingSettings(tokens_to_generate=2, greedy=True, end_strings=[])
+    greedy = SamplingSettings(max_tokens=2, greedy=True, end_strings=[])
     with pytest.raises(ValueError, match="outside the prompt table"):
         onnx_llm.generate(ids, table[:5], greedy)
     with pytest.raises(CheckpointError, match="llm.onnx, embed_tokens.safetensors"):
@@ -113,7 +113,7 @@ def test_end_string_memos_stay_bounded(pair):
     ids, table = _prompt(torch_llm)
     first = None
     for i in range(MEMO_SIZE + 6):
-        s = SamplingSettings(tokens_to_generate=2, greedy=True, end_strings=[f"zq{i}x"])
+        s = SamplingSettings(max_tokens=2, greedy=True, end_strings=[f"zq{i}x"])
         out = torch_llm.generate(ids, table, s).token_ids
         first = out if first is None else first
         assert out == first  # end strings never produced: the same answer each time

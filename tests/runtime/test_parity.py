@@ -21,21 +21,26 @@ def _pipeline(ckpt, media_dir, *extra):
 
 def _reference_inputs(pipe, media_dir, text):
     """input_ids with F·T image tokens where <video> stands + pixel_values, the transformers way."""
-    ms = pipe.media_settings("video")
+    ms = pipe.front.media_settings(Request(text, "video", "clip.mp4"))
     sample = load_media(pipe.media_root, "clip.mp4", ms)
-    prompt = pipe.render(Request(text, "video", "clip.mp4"))
+    prompt = pipe.front.render(Request(text, "video", "clip.mp4"))
     n = sample.pixel_values.shape[0] * pipe.vision.tokens_per_frame
-    ids = pipe.tokenize(prompt, n)
+    ids = pipe.front.tokenize(prompt, n)
     image_id = pipe.llm.model.config.image_token_id
     ref_ids = [image_id if i >= pipe.llm.vocab_size else i for i in ids]
     return ids, torch.tensor([ref_ids]), torch.as_tensor(sample.pixel_values)
+
+
+def _features(pipe, req):
+    f = pipe.flow.features(req)
+    return torch.as_tensor(f.table), f.meta
 
 
 def test_logits_match_transformers_llava(tiny_checkpoint, media_dir):
     pipe = _pipeline(tiny_checkpoint, media_dir)
     ids, ref_ids, pixels = _reference_inputs(pipe, media_dir, "What color is the shape?")
     assert pixels.shape[0] == 4 and (ref_ids == pipe.llm.model.config.image_token_id).sum() == 4 * 64
-    feats, _ = pipe.features(Request("q", "video", "clip.mp4"))
+    feats, _ = _features(pipe, Request("q", "video", "clip.mp4"))
     ours = pipe.llm.logits(ids, feats)
     ref_model = LlavaForConditionalGeneration.from_pretrained(tiny_checkpoint).eval()
     with torch.inference_mode():
@@ -46,8 +51,8 @@ def test_logits_match_transformers_llava(tiny_checkpoint, media_dir):
 def test_greedy_generation_matches_transformers_generate(tiny_checkpoint, media_dir):
     pipe = _pipeline(tiny_checkpoint, media_dir)
     ids, ref_ids, pixels = _reference_inputs(pipe, media_dir, "Can you describe the scene?")
-    sampling = SamplingSettings(tokens_to_generate=12, greedy=True, repetition_penalty=1.0, end_strings=[])
-    feats, _ = pipe.features(Request("q", "video", "clip.mp4"))
+    sampling = SamplingSettings(max_tokens=12, greedy=True, repetition_penalty=1.0, end_strings=[])
+    feats, _ = _features(pipe, Request("q", "video", "clip.mp4"))
     ours = pipe.llm.generate(ids, feats, sampling)
     ref_model = LlavaForConditionalGeneration.from_pretrained(tiny_checkpoint).eval()
     with torch.inference_mode():
@@ -78,23 +83,23 @@ def test_every_sampling_knob_matches_transformers_generate(tiny_checkpoint, medi
     (seeded), the same greedy ids under a repetition penalty, the same stops and log-probs."""
     pipe = _pipeline(tiny_checkpoint, media_dir)
     ids, ref_ids, pixels = _reference_inputs(pipe, media_dir, "Can you describe the scene?")
-    feats, _ = pipe.features(Request("q", "video", "clip.mp4"))
+    feats, _ = _features(pipe, Request("q", "video", "clip.mp4"))
     cases = [
-        SamplingSettings(tokens_to_generate=10, greedy=True, repetition_penalty=1.5, end_strings=[]),
-        SamplingSettings(tokens_to_generate=10, greedy=False, temperature=0.7, top_k=20, top_p=0.9,
-                         repetition_penalty=1.2, min_tokens_to_generate=3, seed=5, end_strings=[]),
-        SamplingSettings(tokens_to_generate=10, greedy=False, temperature=1.3, top_k=0, top_p=1.0,
+        SamplingSettings(max_tokens=10, greedy=True, repetition_penalty=1.5, end_strings=[]),
+        SamplingSettings(max_tokens=10, greedy=False, temperature=0.7, top_k=20, top_p=0.9,
+                         repetition_penalty=1.2, min_tokens=3, seed=5, end_strings=[]),
+        SamplingSettings(max_tokens=10, greedy=False, temperature=1.3, top_k=0, top_p=1.0,
                          repetition_penalty=1.0, seed=11, end_strings=[]),
     ]
     for sampling in cases:
-        sampling.all_probs = True
+        sampling.return_log_probs = True
         ours = pipe.llm.generate(ids, feats, sampling)
         ref, ref_logprobs = _transformers_generate(pipe, tiny_checkpoint, ref_ids, pixels, sampling)
         assert ours.token_ids == ref[: len(ours.token_ids)] and len(ours.token_ids) == len(ref), sampling
         torch.testing.assert_close(torch.tensor(ours.logprobs), torch.tensor(ref_logprobs), rtol=1e-4, atol=1e-4)
     # stops: a multi-token end string (matched as text) and a one-token one (a stop id), where the
     # greedy answer really produces them
-    greedy = SamplingSettings(tokens_to_generate=12, greedy=True, repetition_penalty=1.0, end_strings=[])
+    greedy = SamplingSettings(max_tokens=12, greedy=True, repetition_penalty=1.0, end_strings=[])
     free = pipe.llm.generate(ids, feats, greedy).token_ids
     assert len(free) >= 4
     tok = pipe.tokenizer
@@ -113,7 +118,7 @@ def test_every_sampling_knob_matches_transformers_generate(tiny_checkpoint, medi
 
 def test_repetition_penalty_sees_prompt_and_sampling_is_seeded(tiny_checkpoint, media_dir):
     pipe = _pipeline(tiny_checkpoint, media_dir)
-    base = SamplingSettings(tokens_to_generate=8, greedy=False, temperature=1.0, top_k=0, top_p=1.0,
+    base = SamplingSettings(max_tokens=8, greedy=False, temperature=1.0, top_k=0, top_p=1.0,
                             repetition_penalty=1.0, seed=7, end_strings=[])
     req = Request("What color is the shape?", "video", "clip.mp4")
     a = pipe.answer(req, base).token_ids
@@ -126,22 +131,22 @@ def test_repetition_penalty_sees_prompt_and_sampling_is_seeded(tiny_checkpoint, 
 def test_streaming_callback_sees_every_token(tiny_checkpoint, media_dir):
     pipe = _pipeline(tiny_checkpoint, media_dir)
     seen = []
-    sampling = SamplingSettings(tokens_to_generate=6, greedy=True, repetition_penalty=1.0, end_strings=[])
-    out = pipe.answer(Request("How many shapes?", "video", "clip.mp4"), sampling, on_token=seen.append)
+    sampling = SamplingSettings(max_tokens=6, greedy=True, repetition_penalty=1.0, end_strings=[])
+    out = pipe.answer(Request("How many shapes?", "video", "clip.mp4"), sampling, on_delta=lambda d: seen.extend(d.token_ids))
     assert seen[: len(out.token_ids)] == out.token_ids
 
 
 def test_frame_token_pool_cuts_tokens_and_feature_cache_hits(tiny_checkpoint, media_dir):
     pipe = _pipeline(tiny_checkpoint, media_dir, "data.frame_token_pool=2")
     assert pipe.vision.tokens_per_frame == 16 and pipe.settings.image_token_len == 16
-    feats, meta = pipe.features(Request("q", "video", "clip.mp4"))
+    feats, meta = _features(pipe, Request("q", "video", "clip.mp4"))
     assert feats.shape == (4 * 16, pipe.llm.hidden_size) and meta["cache"] == "miss"
-    again, meta2 = pipe.features(Request("another question", "video", "clip.mp4"))
+    again, meta2 = _features(pipe, Request("another question", "video", "clip.mp4"))
     assert meta2["cache"] == "hit" and torch.equal(again, feats)
     assert pipe.cache.stats.hits == 1 and pipe.cache.stats.misses == 1
 
 
 def test_image_is_one_frame(tiny_checkpoint, media_dir):
     pipe = _pipeline(tiny_checkpoint, media_dir)
-    feats, meta = pipe.features(Request("q", "image", "still.png"))
+    feats, meta = _features(pipe, Request("q", "image", "still.png"))
     assert meta["num_frames"] == 1 and feats.shape[0] == 64

@@ -38,8 +38,9 @@ def start(engine: Path, media_root: Path, work: Path, *extra: str):
     from videoneva.serving.serve import ServeConfig, start_server
 
     cfg = load_config(ServeConfig, [f"engine_dir={engine}", f"media_root={media_root}", "grpc_port=0", "http_port=0",
-                                    "metrics_port=0", "torch_threads=1", f"max_media_bytes={MAX_MEDIA_BYTES}",
-                                    f"max_tokens={MAX_TOKENS}", "startup_timeout=240", "startup_retries=2", *extra])
+                                    "metrics_port=0", "threads=1", f"max_media_bytes={MAX_MEDIA_BYTES}",
+                                    f"max_tokens_limit={MAX_TOKENS}", f"inference.tokens_to_generate={MAX_TOKENS}",
+                                    "startup_timeout=240", "startup_retries=2", *extra])
     work.mkdir(parents=True, exist_ok=True)
     return start_server(cfg, work)
 

@@ -18,10 +18,11 @@ from videoneva.cli import main as cli
 from videoneva.errors import ConfigError
 from videoneva.generation import SamplingSettings
 from videoneva.runtime.pipeline import Request
-from videoneva.serving import stages
-from videoneva.serving.protocol import (INPUTS, MEDIA_NOT_CACHED, OUTPUTS, RequestError, ServerLimits, digest_of,
-                                       parse_request, string_tensor)
+from videoneva.serving.models import feature_cache, llm, preprocess, videoneva, vision_encoder
+from videoneva.serving.protocol import (INPUTS, MEDIA_NOT_CACHED, RequestError, ServerLimits, digest_of,
+                                       parse_request)
 from videoneva.serving.render import TEMPLATE_DIR, render_repository
+from videoneva.serving.tensors import string_tensor
 
 
 def test_incomplete_engine_directory_is_refused_before_starting(engine_dir, tmp_path, capsys):
@@ -52,7 +53,7 @@ def test_serve_prints_the_endpoint_and_stops_cleanly_on_sigterm(torch_engine_dir
     answers say so, the client keeps sending the bytes, and a digest alone is refused by name; the
     torch LLM answers as the in-process ONNX Runtime LLM does."""
     proc = subprocess.Popen([sys.executable, "-m", "videoneva.cli", "serve", f"engine_dir={torch_engine_dir}", "grpc_port=0",
-                             "http_port=0", "metrics_port=0", "torch_threads=1", "startup_timeout=240",
+                             "http_port=0", "metrics_port=0", "threads=1", "startup_timeout=240",
                              "startup_retries=2", "cache_bytes=0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -80,18 +81,18 @@ def test_serve_prints_the_endpoint_and_stops_cleanly_on_sigterm(torch_engine_dir
             for _ in range(2):
                 out = c.answer("Again?", media_type="video", media_bytes=data, max_tokens=2, greedy=True,
                                insert_media_token="left")
-                assert out["media"]["cache"] == "off" and "encode_s" in out["media"]
+                assert out.media["cache"] == "off" and out.timings["encode_s"] is not None
             assert all("media_bytes_input" in t and "media_digest" not in t for t in sent) and len(sent) == 2
-            sampling = SamplingSettings(tokens_to_generate=2, greedy=True, repetition_penalty=1.0,
+            sampling = SamplingSettings(max_tokens=2, greedy=True, repetition_penalty=1.0,
                                         end_strings=prompts.stop_strings(local_pipeline.settings.template))
             want = local_pipeline.answer(Request("Again?", "video", None, data, "left"), sampling)
             got = c.answer("Again?", media_type="video", media_bytes=data, max_tokens=2, greedy=True,
                            repetition_penalty=1.0, insert_media_token="left")
-            assert type(local_pipeline.llm).__name__ == "OnnxLanguageModel" and got["token_ids"] == want.token_ids
+            assert type(local_pipeline.llm).__name__ == "OnnxLanguageModel" and got.token_ids == want.token_ids
             with pytest.raises(RequestFailed, match=f"{MEDIA_NOT_CACHED}.*no feature cache"):
                 c._send(Client.inputs("Again?", media_type="video", media_digest=digest_of(data),
                                       insert_media_token="left"), None, "")
-            assert c.answer("Still there?", max_tokens=2)["token_ids"]
+            assert c.answer("Still there?", max_tokens=2).token_ids
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
         rest = proc.stdout.read()
@@ -108,28 +109,37 @@ def _io_names(text: str, kind: str) -> dict[str, str]:
     return {re.search(r'name: "(\w+)"', b).group(1): re.search(r"data_type: (\w+)", b).group(1) for b in blocks}
 
 
-@pytest.mark.parametrize("model,inputs,outputs", [
-    ("videoneva", {k: v[0] for k, v in INPUTS.items()}, {k: v[0] for k, v in OUTPUTS.items()}),
-    ("preprocess", {k: v[0] for k, v in stages.PREPROCESS_IN.items()}, {k: v[0] for k, v in stages.PREPROCESS_OUT.items()}),
-    ("llm", {k: v[0] for k, v in stages.LLM_IN.items()}, {k: v[0] for k, v in stages.LLM_OUT.items()}),
-    ("postprocess", {k: v[0] for k, v in stages.POSTPROCESS_IN.items()}, {k: v[0] for k, v in stages.POSTPROCESS_OUT.items()}),
-    ("feature_cache", {k: v[0] for k, v in stages.CACHE_IN.items()}, {k: v[0] for k, v in stages.CACHE_OUT.items()}),
-])
-def test_templates_declare_the_tensors_the_code_uses(model, inputs, outputs):
-    text = (TEMPLATE_DIR / model / "config.pbtxt").read_text()
-    assert _io_names(text, "input") == inputs
-    assert _io_names(text, "output") == outputs
-    assert (TEMPLATE_DIR / model / "1" / "model.py").is_file()
+MODELS = {"videoneva": videoneva, "feature_cache": feature_cache, "preprocess": preprocess,
+          "vision_encoder": vision_encoder, "llm": llm}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_templates_declare_the_tensors_and_handler_of_their_module(name):
+    """config.pbtxt and the handler module agree on every tensor name and type, the handler and decoupling."""
+    module = MODELS[name]
+    text = (TEMPLATE_DIR / name / "config.pbtxt").read_text()
+    assert _io_names(text, "input") == {k: v[0] for k, v in module.INPUTS.items()}
+    assert _io_names(text, "output") == {k: v[0] for k, v in module.OUTPUTS.items()}
+    assert f'string_value: "{module.__name__}"' in text
+    assert ("decoupled: true" in text) == module.DECOUPLED
+
+
+def test_the_repository_is_exactly_the_handler_modules():
+    from videoneva.serving.render import template_models
+
+    assert set(template_models()) == set(MODELS)
+    assert (TEMPLATE_DIR / "model.py").is_file()
 
 
 def test_rendering_is_strict(tmp_path):
     with pytest.raises(ConfigError, match="no value for template placeholder"):
-        render_repository(tmp_path / "a", {"postprocess": {"pipeline_args": "[]"}})
+        render_repository(tmp_path / "a", {"feature_cache": {}})
     with pytest.raises(ConfigError, match="unknown template key"):
-        render_repository(tmp_path / "b", {"postprocess": {"pipeline_args": "[]", "python_path": "[]",
-                                                           "postprocess_instances": 1, "typo": 1}})
+        render_repository(tmp_path / "b", {"feature_cache": {"cache_bytes": 1, "typo": 1}})
     with pytest.raises(ConfigError, match="no template for model"):
         render_repository(tmp_path / "c", {"nope": {}})
+    out = render_repository(tmp_path / "d", {"feature_cache": {"cache_bytes": 1}})
+    assert (out / "feature_cache" / "1" / "model.py").read_text() == (TEMPLATE_DIR / "model.py").read_text()
 
 
 def _req(**kw):
@@ -143,8 +153,6 @@ def _req(**kw):
     (_req(max_tokens=np.array([0], np.int32)), "out of range"),
     (_req(media_type=string_tensor("video")), "none of media_bytes_input, media_path, media_digest"),
     (_req(media_type=string_tensor("video"), media_digest=string_tensor("ABC")), "64 lowercase hex"),
-    (_req(media_type=string_tensor("video"), media_digest=string_tensor("0" * 64),
-          media_bytes_input=np.zeros(3, np.uint8)), "not the sha256"),
     (_req(media_type=string_tensor("video"), media_digest=string_tensor("0" * 64),
           media_path=string_tensor("a.mp4")), "not with media_path"),
     (_req(media_digest=string_tensor("0" * 64)), "media_type"),
@@ -160,7 +168,7 @@ def _req(**kw):
 ])
 def test_parse_request_refuses_bad_values_by_name(inputs, match):
     with pytest.raises(RequestError, match=match):
-        parse_request(inputs, ServerLimits(max_tokens=32, max_media_bytes=10))
+        parse_request(inputs, ServerLimits(max_tokens_limit=32, max_media_bytes=10))
 
 
 def test_the_client_digest_is_the_cache_digest():
@@ -172,9 +180,11 @@ def test_the_client_digest_is_the_cache_digest():
 
 def test_parse_request_maps_settings():
     r = parse_request(_req(max_tokens=np.array([5], np.int32), greedy=np.array([True]),
-                           end_strings=string_tensor("</s>", "STOP"), stream=np.array([True])), ServerLimits())
-    assert r.sampling == {"tokens_to_generate": 5, "greedy": True}
-    assert r.end_strings == ["</s>", "STOP"] and r.stream and r.media_type is None
+                           end_strings=string_tensor("</s>", "STOP"), stream=np.array([True]),
+                           num_frames=np.array([3], np.int32), splice_single_frame=string_tensor("last")), ServerLimits())
+    assert r.sampling == {"max_tokens": 5, "greedy": True, "end_strings": ["</s>", "STOP"]}
+    assert r.stream and r.request.media_type is None
+    assert r.request.num_frames == 3 and r.request.splice_single_frame == "last"
 
 
 def test_a_server_not_ready_in_time_is_restarted_then_named(engine_dir, tmp_path, caplog):

@@ -15,13 +15,13 @@ from tests.serving.conftest import MAX_MEDIA_BYTES, MAX_TOKENS
 from videoneva import prompts
 from videoneva.generation import SamplingSettings
 from videoneva.runtime.pipeline import Request
-from videoneva.serving.protocol import string_tensor
+from videoneva.serving.tensors import string_tensor
 
 N_TOKENS = 12
 
 
 def local_answer(pipe, text, media_type=None, media_bytes=None, media_path=None, n=N_TOKENS):
-    sampling = SamplingSettings(tokens_to_generate=n, greedy=True, repetition_penalty=1.0,
+    sampling = SamplingSettings(max_tokens=n, greedy=True, repetition_penalty=1.0,
                                 end_strings=prompts.stop_strings(pipe.settings.template))
     return pipe.answer(Request(text, media_type, media_path, media_bytes, "left"), sampling)
 
@@ -32,7 +32,7 @@ def remote(client, text, n=N_TOKENS, **kw):
 
 def good_request(client, media_dir):
     out = remote(client, "Is the server still fine?", media_type="video", media_bytes=(media_dir / "clip.mp4").read_bytes())
-    assert out["token_ids"], out
+    assert out.token_ids, out
 
 
 @pytest.mark.parametrize("name,media_type", [("clip.mp4", "video"), ("clip.webm", "video"), ("still.png", "image")])
@@ -40,20 +40,20 @@ def test_greedy_answers_equal_the_in_process_pipeline(client, local_pipeline, me
     data = (media_dir / name).read_bytes()
     got = remote(client, "What is in it?", media_type=media_type, media_bytes=data)
     want = local_answer(local_pipeline, "What is in it?", media_type, media_bytes=data)
-    assert got["token_ids"] == want.token_ids
-    assert got["raw_response"] == want.raw_response and got["clean_response"] == want.clean_response
-    assert got["prompt"] == want.prompt
-    assert got["media"]["num_frames"] == want.media["num_frames"]
-    assert got["model_id"] == "tiny-videoneva"
+    assert got.token_ids == want.token_ids
+    assert got.raw_response == want.raw_response and got.clean_response == want.clean_response
+    assert got.prompt == want.prompt
+    assert got.media["num_frames"] == want.media["num_frames"]
+    assert got.model_id == "tiny-videoneva"
 
 
 def test_media_path_under_the_server_root_and_text_only(client, local_pipeline):
     got = remote(client, "Describe it.", media_type="video", media_path="clip.mp4")
     want = local_answer(local_pipeline, "Describe it.", "video", media_path="clip.mp4")
-    assert got["token_ids"] == want.token_ids
+    assert got.token_ids == want.token_ids
     got = remote(client, "Just text.")
     want = local_answer(local_pipeline, "Just text.")
-    assert got["token_ids"] == want.token_ids and got["media"] == {}
+    assert got.token_ids == want.token_ids and got.media == {}
 
 
 def test_streaming_yields_text_before_the_end(client, media_dir):
@@ -69,8 +69,8 @@ def test_streaming_yields_text_before_the_end(client, media_dir):
     done = time.perf_counter()
     assert len(pieces) >= 2, pieces
     assert times[0] < done
-    assert "".join(pieces) == out["raw_response"]
-    assert out["timings"]["first_token_s"] < out["timings"]["total_s"]
+    assert "".join(pieces) == out.raw_response
+    assert out.timings["first_token_s"] < out.timings["total_s"]
 
 
 def test_one_stream_per_thread_and_a_timed_out_request_never_answers_the_next(server, local_pipeline, media_dir):
@@ -83,15 +83,15 @@ def test_one_stream_per_thread_and_a_timed_out_request_never_answers_the_next(se
     with Client(server.grpc_url, timeout=120, retries=0) as c:
         first = remote(c, "What is in it?", media_type="video", media_bytes=data)
         stream = c._local.stream
-        assert remote(c, "Just text.")["token_ids"] and c._local.stream is stream  # the same stream
+        assert remote(c, "Just text.").token_ids and c._local.stream is stream  # the same stream
         c.timeout = 0.001
         with pytest.raises(ServerUnavailable, match="no final response"):
             remote(c, "What is in it?", media_type="video", media_bytes=data, n=MAX_TOKENS)
         assert c._local.stream is None
         c.timeout = 120
         got = remote(c, "Just text.", n=N_TOKENS)
-    assert got["token_ids"] == local_answer(local_pipeline, "Just text.").token_ids
-    assert first["token_ids"] == local_answer(local_pipeline, "What is in it?", "video", media_bytes=data).token_ids
+    assert got.token_ids == local_answer(local_pipeline, "Just text.").token_ids
+    assert first.token_ids == local_answer(local_pipeline, "What is in it?", "video", media_bytes=data).token_ids
 
 
 def test_32_concurrent_requests_all_succeed(client, local_pipeline, media_dir):
@@ -109,7 +109,7 @@ def test_32_concurrent_requests_all_succeed(client, local_pipeline, media_dir):
     for (text, name), got in zip(jobs[:4], results[:4]):
         mt = "image" if name.endswith(".png") else "video"
         want = local_answer(local_pipeline, text, mt, media_bytes=(media_dir / name).read_bytes(), n=6)
-        assert got["token_ids"] == want.token_ids
+        assert got.token_ids == want.token_ids
 
 
 def _metric(server, name):
@@ -123,9 +123,9 @@ def test_a_repeated_video_is_a_cache_hit(client, server, media_dir):
     hits_before = _metric(server, "videoneva_feature_cache_hits_total") or 0
     first = remote(client, "First question?", media_type="video", media_bytes=data)
     second = remote(client, "A second question?", media_type="video", media_bytes=data)
-    assert second["media"]["cache"] == "hit"
-    assert second["media"]["content_hash"] == first["media"]["content_hash"]
-    assert "encode_s" not in second["media"]
+    assert second.media["cache"] == "hit"
+    assert second.media["content_hash"] == first.media["content_hash"]
+    assert second.timings["encode_s"] is None and second.timings["decode_s"] is None
     assert _metric(server, "videoneva_feature_cache_hits_total") >= hits_before + 1
     assert _metric(server, "videoneva_feature_cache_bytes") > 0
 
@@ -147,7 +147,7 @@ def test_a_repeat_sends_only_the_digest_and_a_forgotten_one_sends_the_bytes(serv
         again = remote(c, "Which colour?", media_type="video", media_bytes=fresh)
         assert "media_bytes_input" in sent[0] and "media_digest" not in sent[0]
         assert "media_digest" in sent[1] and "media_bytes_input" not in sent[1]
-        assert again["media"]["cache"] == "hit" and again["token_ids"] == first["token_ids"]
+        assert again.media["cache"] == "hit" and again.token_ids == first.token_ids
         assert media_digest(fresh) in c._seen
 
     err = _raw_infer(server, [_input(k, string_tensor(v), "BYTES") for k, v in
@@ -162,7 +162,7 @@ def test_a_repeat_sends_only_the_digest_and_a_forgotten_one_sends_the_bytes(serv
         send = c._send
         c._send = lambda tensors, *a: sent.append(sorted(tensors)) or send(tensors, *a)
         out = remote(c, "Which colour?", media_type="video", media_bytes=other)
-        assert out["media"]["cache"] == "miss" and out["token_ids"]
+        assert out.media["cache"] == "miss" and out.token_ids
         assert "media_bytes_input" not in sent[0] and "media_bytes_input" in sent[1] and len(sent) == 2
 
 
@@ -291,11 +291,11 @@ def test_stalled_stubs_mid_generation_only_delay_the_answer(server, media_dir):
                 out = c.answer("Describe the clip.", on_delta=on_delta, max_tokens=MAX_TOKENS, min_tokens=MAX_TOKENS,
                                greedy=True, insert_media_token="left", media_type="video", media_bytes=data)
                 assert thawed.wait(10)  # never hand a request to a frozen stub: that is the fatal case
-                assert len(out["token_ids"]) == MAX_TOKENS
+                assert len(out.token_ids) == MAX_TOKENS
                 spans.append(times[-1] - times[0])
             assert spans[-1] >= 2.4, f"no try froze the server mid-generation (first to last piece, s: {spans})"
         with ThreadPoolExecutor(8) as pool:  # every instance still answers
-            assert all(a["token_ids"] for a in pool.map(lambda i: remote(c, f"Question {i}?", n=4), range(16)))
+            assert all(a.token_ids for a in pool.map(lambda i: remote(c, f"Question {i}?", n=4), range(16)))
     assert server.proc.poll() is None, server.log_tail()
     assert sorted(_stub_pids(server)) == sorted(stubs)
 
@@ -320,5 +320,5 @@ def test_many_streamed_answers_leave_every_stub_alive(server, media_dir):
     stubs = _stub_pids(server)
     with Client(server.grpc_url, timeout=60, retries=0) as c, ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda i: ask(c, i), range(1200)))
-    assert all(len(a["token_ids"]) == 8 for a in answers)
+    assert all(len(a.token_ids) == 8 for a in answers)
     assert sorted(_stub_pids(server)) == sorted(stubs), "a python stub died"

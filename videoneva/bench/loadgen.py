@@ -188,11 +188,9 @@ class ServerTarget:
                                     max_tokens=g.tokens_to_generate, min_tokens=g.min_tokens, greedy=g.greedy,
                                     repetition_penalty=g.repetition_penalty, insert_media_token=self.insert,
                                     **self.media(job))
-        media = result.get("media") or {}
         with self._lock:
-            self.stages.append({**(result.get("timings") or {}),
-                                **{k: media.get(k) for k in ("decode_s", "encode_s", "cache")}})
-        return list(result["token_ids"])
+            self.stages.append({**result.timings, "cache": result.media.get("cache")})
+        return list(result.token_ids)
 
 
 class PipelineTarget:
@@ -215,11 +213,11 @@ class PipelineTarget:
         from videoneva.runtime.pipeline import Request
 
         g = self.gen
-        sampling = SamplingSettings(tokens_to_generate=g.tokens_to_generate, min_tokens_to_generate=g.min_tokens,
+        sampling = SamplingSettings(max_tokens=g.tokens_to_generate, min_tokens=g.min_tokens,
                                     greedy=g.greedy, repetition_penalty=g.repetition_penalty,
                                     end_strings=list(self.pipeline.stop_strings))
         with self._lock:
             ans = self.pipeline.answer(Request(job.text, job.media_type, job.media_path,
                                                insert_media_token=self.insert), sampling,
-                                       on_token=lambda _id: on_token(1))
+                                       on_delta=lambda d: [on_token(1) for _ in d.token_ids])
         return list(ans.token_ids)

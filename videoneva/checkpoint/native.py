@@ -15,48 +15,15 @@ from typing import Any, Optional
 import torch
 from transformers import AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration, PreTrainedTokenizerBase
 
+from videoneva.checkpoint.settings import FORMAT_VERSION, SETTINGS_FILE, CheckpointSettings  # noqa: F401
 from videoneva.errors import CheckpointError
+from videoneva.media.settings import CLIP_MEAN, CLIP_STD  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-SETTINGS_FILE = "videoneva.json"
-FORMAT_VERSION = 1
 SUPPORTED_TEXT_MODELS = ("llama", "mistral")
 SUPPORTED_VISION_MODELS = ("clip_vision_model",)
 DTYPES = {"32": torch.float32, "16": torch.float16, "bf16": torch.bfloat16}
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-@dataclass
-class CheckpointSettings:
-    """What a checkpoint needs beyond the transformers config: media sampling and the template."""
-
-    format_version: int = FORMAT_VERSION
-    conv_template: str = "nv_steerlm"
-    media_type: str = "video"
-    num_frames: int = 8
-    splice_single_frame: Optional[str] = None
-    image_aspect_ratio: str = "square"
-    frame_token_pool: int = 1
-    image_mean: tuple = CLIP_MEAN
-    image_std: tuple = CLIP_STD
-    model_id: str = "videoneva"
-    source: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "CheckpointSettings":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise CheckpointError(f"{SETTINGS_FILE}: unknown keys {unknown}; known: {sorted(known)}")
-        if data.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-            raise CheckpointError(
-                f"{SETTINGS_FILE} has format_version {data['format_version']}; this videoneva reads "
-                f"up to {FORMAT_VERSION}: upgrade videoneva")
-        out = cls(**data)
-        out.image_mean, out.image_std = tuple(out.image_mean), tuple(out.image_std)
-        return out
 
 
 @dataclass

@@ -8,7 +8,7 @@ import hashlib  # noqa: E402
 import json  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Union  # noqa: E402
+from typing import Optional, Union  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -20,8 +20,8 @@ from videoneva.media.preprocess import preprocess_frames  # noqa: E402
 from videoneva.media.settings import CLIP_MEAN, CLIP_STD, MediaSettings  # noqa: E402
 from videoneva.media.sources import MediaRoot  # noqa: E402
 
-__all__ = ["MediaSample", "MediaSettings", "MediaRoot", "VideoMeta", "load_media", "load_media_bytes",
-           "media_content_hash", "media_hash", "media_digest", "key_for_digest", "decode_video", "decode_image",
+__all__ = ["MediaSample", "MediaSettings", "MediaRoot", "VideoMeta", "load_media", "load_media_bytes", "decode_media",
+           "media_source", "source_digest", "media_report", "media_content_hash", "media_hash", "media_digest", "key_for_digest", "decode_video", "decode_image",
            "preprocess_frames", "select_frame_indices", "CLIP_MEAN", "CLIP_STD"]
 
 _HASH_VERSION = b"videoneva-media-v2"
@@ -34,7 +34,7 @@ class MediaSample:
 
     pixel_values: np.ndarray   # float32 [F, 3, H, W]
     meta: VideoMeta            # images: one frame, decoder "pil", codec = image format
-    content_hash: str          # media_content_hash(bytes, settings): the feature-cache key
+    content_hash: Optional[str]  # key_for_digest(digest, settings): the feature-cache key (None: not hashed)
 
 
 def media_digest(data: bytes) -> str:
@@ -68,13 +68,29 @@ def media_content_hash(data: bytes, settings: MediaSettings) -> str:
     return key_for_digest(media_digest(data), settings)
 
 
-def _file_hash(path: Path, settings: MediaSettings) -> str:
-    """media_content_hash of a file's content, read in chunks."""
+def media_source(root: MediaRoot, rel: str, max_bytes: int) -> Union[bytes, Path]:
+    """What the decoder reads for a path under a root: the file on disk, or a tar member's bytes.
+
+    Raises MediaError for a path outside the root, a missing file, or one over max_bytes.
+    """
+    local = root.local_path(rel)
+    if local is not None:
+        check_source_size(local, max_bytes, rel)
+        return local
+    data = root.read_bytes(rel, max_bytes)
+    check_source_size(data, max_bytes, rel)
+    return data
+
+
+def source_digest(source: Union[bytes, Path]) -> str:
+    """media_digest of bytes, or of a file's content read in chunks."""
+    if not isinstance(source, Path):
+        return media_digest(bytes(source))
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(source, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             h.update(chunk)
-    return key_for_digest(h.hexdigest(), settings)
+    return h.hexdigest()
 
 
 def media_hash(root: MediaRoot, rel: str, settings: MediaSettings) -> str:
@@ -85,11 +101,7 @@ def media_hash(root: MediaRoot, rel: str, settings: MediaSettings) -> str:
         rel: path relative to the root.
         settings: media settings; max_bytes applies.
     """
-    local = root.local_path(rel)
-    if local is not None:
-        check_source_size(local, settings.max_bytes, rel)
-        return _file_hash(local, settings)
-    return media_content_hash(root.read_bytes(rel, settings.max_bytes), settings)
+    return key_for_digest(source_digest(media_source(root, rel, settings.max_bytes)), settings)
 
 
 def _decode(source: Union[bytes, Path], settings: MediaSettings, name: str) -> tuple[np.ndarray, VideoMeta]:
@@ -100,8 +112,34 @@ def _decode(source: Union[bytes, Path], settings: MediaSettings, name: str) -> t
     return decode_video(source, settings, name)
 
 
+def decode_media(source: Union[bytes, Path], settings: MediaSettings, name: str,
+                 content_hash: Optional[str] = None) -> MediaSample:
+    """Decode (sampled frames only) and preprocess one media item; no hashing.
+
+    Args:
+        source: the encoded file's bytes or its path (media_source gives either).
+        settings: what to sample and how to preprocess; max_bytes applies.
+        name: how the media is named in error messages.
+        content_hash: the caller's feature-cache key for it, carried into the sample.
+    """
+    if isinstance(source, (bytearray, memoryview)):
+        source = bytes(source)
+    if not isinstance(source, (bytes, Path)):
+        raise MediaError(f"{name}: media payload must be bytes, got {type(source).__name__}")
+    check_source_size(source, settings.max_bytes, name)
+    frames, meta = _decode(source, settings, name)
+    return MediaSample(preprocess_frames(frames, settings), meta, content_hash)
+
+
+def media_report(sample: MediaSample) -> dict:
+    """What an answer reports about decoded media (JSON-ready)."""
+    m = sample.meta
+    return {"num_frames": int(sample.pixel_values.shape[0]), "frame_indices": [int(i) for i in m.indices],
+            "num_total_frames": m.num_total_frames, "decoder": m.decoder, "codec": m.codec}
+
+
 def load_media(root: MediaRoot, rel: str, settings: MediaSettings) -> MediaSample:
-    """Read, decode (sampled frames only) and preprocess one media file named relative to a root.
+    """Read, hash, decode (sampled frames only) and preprocess one media file named relative to a root.
 
     A file on disk is hashed in chunks and handed to the decoder by path (decord reads it
     directly); a tar member is read into memory once.
@@ -111,19 +149,10 @@ def load_media(root: MediaRoot, rel: str, settings: MediaSettings) -> MediaSampl
         rel: path relative to the root (or the tar member name).
         settings: what to sample and how to preprocess; max_bytes applies.
     """
-    local = root.local_path(rel)
-    if local is not None:
-        check_source_size(local, settings.max_bytes, rel)
-        # Hashed, then decoded by path: a file rewritten in between would pair new pixels with the
-        # old key; media roots are read-only inputs, so one read-and-hash pass is not worth the copy.
-        digest = _file_hash(local, settings)
-        frames, meta = _decode(local, settings, rel)
-    else:
-        data = root.read_bytes(rel, settings.max_bytes)
-        check_source_size(data, settings.max_bytes, rel)
-        digest = media_content_hash(data, settings)
-        frames, meta = _decode(data, settings, rel)
-    return MediaSample(preprocess_frames(frames, settings), meta, digest)
+    source = media_source(root, rel, settings.max_bytes)
+    # Hashed, then decoded by path: a file rewritten in between would pair new pixels with the
+    # old key; media roots are read-only inputs, so one read-and-hash pass is not worth the copy.
+    return decode_media(source, settings, rel, key_for_digest(source_digest(source), settings))
 
 
 def load_media_bytes(data: bytes, settings: MediaSettings, name: str = "<bytes>") -> MediaSample:
@@ -137,6 +166,4 @@ def load_media_bytes(data: bytes, settings: MediaSettings, name: str = "<bytes>"
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise MediaError(f"{name}: media payload must be bytes, got {type(data).__name__}")
     data = bytes(data)
-    check_source_size(data, settings.max_bytes, name)
-    frames, meta = _decode(data, settings, name)
-    return MediaSample(preprocess_frames(frames, settings), meta, media_content_hash(data, settings))
+    return decode_media(data, settings, name, media_content_hash(data, settings))

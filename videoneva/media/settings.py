@@ -93,6 +93,29 @@ class MediaSettings:
         _positive_int("max_frame_pixels", self.max_frame_pixels)
         _positive_int("max_decoded_pixels", self.max_decoded_pixels)
 
+    @classmethod
+    def from_checkpoint(cls, settings, image_size: int, data=None, media_type: Optional[str] = None) -> "MediaSettings":
+        """A checkpoint's media settings at its vision tower's input size, with overrides.
+
+        Args:
+            settings: the checkpoint's CheckpointSettings (sampling, aspect mode, mean/std).
+            image_size: the vision tower's input size (resize and crop target).
+            data: a DataConfig whose non-null keys replace the checkpoint's (media_type,
+                num_frames, splice_single_frame, image_aspect_ratio, decoder).
+            media_type: the default media type when data does not name one.
+        """
+        def pick(key: str, default):
+            value = getattr(data, key, None) if data is not None else None
+            return default if value is None else value
+
+        return cls(media_type=pick("media_type", media_type or settings.media_type),
+                   num_frames=pick("num_frames", settings.num_frames),
+                   splice_single_frame=pick("splice_single_frame", settings.splice_single_frame),
+                   image_size=image_size, crop_size=image_size, image_mean=tuple(settings.image_mean),
+                   image_std=tuple(settings.image_std),
+                   image_aspect_ratio=pick("image_aspect_ratio", settings.image_aspect_ratio),
+                   decoder=pick("decoder", "auto"))
+
     def output_key(self) -> dict:
         """The fields that shape the output tensor (used in the content hash); limits excluded."""
         return {k: getattr(self, k) for k in OUTPUT_FIELDS}

@@ -1,12 +1,14 @@
-"""A bounded, thread-safe LRU cache of visual features keyed by media content hash + sampling settings."""
+"""A bounded, thread-safe LRU cache of visual features keyed by media content hash + sampling settings.
+
+It holds numpy arrays or torch tensors alike (sizes come from `.nbytes`) and imports neither, so the
+Triton `feature_cache` model loads no deep-learning stack.
+"""
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Optional
-
-import torch
 
 
 @dataclass
@@ -27,15 +29,15 @@ class FeatureCache:
 
     def __init__(self, max_bytes: int = 512 * 2**20):
         self.max_bytes = int(max_bytes)
-        self._items: "OrderedDict[str, tuple[torch.Tensor, Any]]" = OrderedDict()
+        self._items: "OrderedDict[str, tuple[Any, Any]]" = OrderedDict()
         self._lock = threading.Lock()
         self.stats = CacheStats(max_bytes=self.max_bytes)
 
     @staticmethod
-    def _size(t: torch.Tensor) -> int:
-        return t.numel() * t.element_size()
+    def _size(features: Any) -> int:
+        return int(features.nbytes)
 
-    def get(self, key: str) -> Optional[tuple[torch.Tensor, Any]]:
+    def get(self, key: str) -> Optional[tuple[Any, Any]]:
         with self._lock:
             item = self._items.get(key)
             if item is None:
@@ -45,7 +47,7 @@ class FeatureCache:
             self.stats.hits += 1
             return item
 
-    def put(self, key: str, features: torch.Tensor, meta: Any = None) -> None:
+    def put(self, key: str, features: Any, meta: Any = None) -> None:
         size = self._size(features)
         if size > self.max_bytes:
             return  # larger than the whole cache: never stored

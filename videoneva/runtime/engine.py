@@ -1,51 +1,23 @@
-"""Read an engine directory (output of `videoneva build`) and build a Pipeline from it.
+"""Load the backends of an engine directory (described by runtime/engine_dir.py) and build a Pipeline.
 
-The directory describes itself: manifest.json says what was built; media.json holds the media and
-template settings; the backends are picked from what is present and what this machine can run.
+The backends are picked from what the build was asked for and what this machine can run.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
-from transformers import AutoTokenizer, LlamaForCausalLM
-
-from videoneva.checkpoint.native import CheckpointSettings, DTYPES
-from videoneva.config import InferConfig
 from videoneva.errors import CheckpointError, ConfigError
-from videoneva.media.settings import MediaSettings
-from videoneva.media.sources import MediaRoot
-from videoneva.runtime.cache import FeatureCache
-from videoneva.runtime.pipeline import Front, Pipeline, PipelineSettings
+from videoneva.runtime.engine_dir import EngineDir
+
+if TYPE_CHECKING:  # torch and transformers load only with the backends that need them
+    from videoneva.config import InferConfig
+    from videoneva.media.sources import MediaRoot
+    from videoneva.runtime.front import Front, PipelineSettings
+    from videoneva.runtime.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
-
-ENGINE_FORMAT = 1
-REQUIRED = ("manifest.json", "media.json", "tokenizer", "vision/vision.onnx")
-
-
-def read_engine_dir(engine_dir: str | Path) -> tuple[dict, dict]:
-    """(manifest, media) of a complete engine directory; CheckpointError lists what is missing."""
-    d = Path(engine_dir)
-    if not d.is_dir():
-        raise CheckpointError(f"engine directory not found: {d}")
-    missing = [r for r in REQUIRED if not (d / r).exists()]
-    if not (d / "llm" / "torch").is_dir() and not (d / "llm" / "trtllm_ckpt").is_dir():
-        missing.append("llm/torch or llm/trtllm_ckpt")
-    if missing:
-        raise CheckpointError(f"{d}: incomplete engine directory, missing {', '.join(missing)}; "
-                              "rebuild it with `videoneva build checkpoint=… output=…`")
-    manifest = json.loads((d / "manifest.json").read_text())
-    if manifest.get("format_version") != ENGINE_FORMAT:
-        raise CheckpointError(f"{d}/manifest.json: format_version {manifest.get('format_version')!r} is not "
-                              f"understood (this videoneva reads {ENGINE_FORMAT})")
-    if manifest.get("settings", {}).get("llm", {}).get("backend") == "onnx" and not (d / "llm" / "onnx").is_dir():
-        raise CheckpointError(f"{d}: incomplete engine directory, missing llm/onnx (the build asked for "
-                              "llm.backend=onnx); rebuild it with `videoneva build … llm.backend=onnx`")
-    return manifest, json.loads((d / "media.json").read_text())
 
 
 def load_engine_llm(d: Path, manifest: dict, precision: str, llm_source: Optional[str] = None):
@@ -54,6 +26,10 @@ def load_engine_llm(d: Path, manifest: dict, precision: str, llm_source: Optiona
     llm_source: "torch" | "trtllm_ckpt" | None (the quantized checkpoint when the build quantized,
     so `infer engine_dir=…` measures the AWQ model's accuracy on CPU).
     """
+    from transformers import LlamaForCausalLM
+
+    from videoneva.checkpoint.native import DTYPES
+
     if llm_source is None:
         llm_source = "trtllm_ckpt" if manifest.get("llm", {}).get("quantized") else "torch"
     dtype = DTYPES[precision]
@@ -78,35 +54,14 @@ def load_engine_llm(d: Path, manifest: dict, precision: str, llm_source: Optiona
     return model.to(dtype).eval()
 
 
-VISION_BACKENDS = ("onnx", "tensorrt")
-LLM_BACKENDS = ("torch", "onnx", "tensorrt_llm")
 # backend → (artifact in the engine dir, manifest "skipped" key of the build step that writes it)
 _GPU_ARTIFACTS = {"tensorrt": ("vision/vision.plan", "vision_plan"),
                   "tensorrt_llm": ("llm/trtllm_engine", "trtllm_engine")}
 
 
-def select_backends(manifest: dict, device: str = "auto") -> tuple[str, str]:
-    """(vision backend, llm backend): what the build was asked for (manifest settings.vision/llm.backend).
-
-    device=cpu always gives a portable pair (onnx, and the ONNX LLM when it was built, else torch),
-    so a GPU-built engine directory still runs on a CPU machine; auto and cuda take the manifest's choice.
-
-    Args:
-        manifest: the engine directory's manifest.json.
-        device: InferConfig.device ("auto" | "cpu" | "cuda").
-    """
-    settings = manifest.get("settings", {})
-    vision = settings.get("vision", {}).get("backend", "onnx")
-    llm = settings.get("llm", {}).get("backend", "torch")
-    if vision not in VISION_BACKENDS or llm not in LLM_BACKENDS:
-        raise CheckpointError(f"manifest.json asks for vision.backend={vision!r} / llm.backend={llm!r}; this videoneva "
-                              f"runs vision {list(VISION_BACKENDS)} and llm {list(LLM_BACKENDS)}")
-    if device == "cpu":
-        portable = ("onnx", llm if llm in ("torch", "onnx") else "torch")
-        if (vision, llm) != portable:
-            log.info("device=cpu: running the portable %s + %s backends instead of %s + %s", *portable, vision, llm)
-        return portable
-    return vision, llm
+def read_engine_dir(engine_dir: str | Path) -> EngineDir:
+    """The engine directory's description (CheckpointError lists what is missing)."""
+    return EngineDir.read(engine_dir)
 
 
 def missing_gpu_artifact(d: Path, manifest: dict, backend: str) -> Optional[str]:
@@ -130,28 +85,37 @@ def _gpu_backend_error(d: Path, manifest: dict, backend: str, reason: Optional[s
             + " (device=cpu runs the portable ONNX Runtime + torch backends)")
 
 
-def load_vision(d: Path, manifest: dict, media: dict, backend: str):
-    """The VisionEncoder for `backend`; BackendUnavailable names what is missing for a GPU backend."""
+def load_vision(eng: EngineDir, backend: str, threads: Optional[int] = None):
+    """The VisionEncoder for `backend` (threads: ONNX Runtime intra-op threads, None: one per core);
+    BackendUnavailable names what is missing for a GPU backend."""
     if backend == "onnx":
-        from videoneva.runtime.onnx_backend import OnnxVisionEncoder
+        from videoneva.runtime.onnx_vision import OnnxVisionEncoder
 
-        return OnnxVisionEncoder(d / "vision" / "vision.onnx", media["image_token_len"], media["hidden_size"])
+        return OnnxVisionEncoder(eng.path / "vision" / "vision.onnx", eng.image_token_len, eng.hidden_size, threads)
     from videoneva.runtime.tensorrt_backend import (BackendUnavailable, TensorRTVisionEncoder,
                                                     tensorrt_unavailable_reason)
 
-    msg = _gpu_backend_error(d, manifest, backend, tensorrt_unavailable_reason())
+    msg = _gpu_backend_error(eng.path, eng.manifest, backend, tensorrt_unavailable_reason())
     if msg:
         raise BackendUnavailable(msg)
-    return TensorRTVisionEncoder(d / "vision" / "vision.plan", media["image_token_len"], media["hidden_size"])
+    return TensorRTVisionEncoder(eng.path / "vision" / "vision.plan", eng.image_token_len, eng.hidden_size)
 
 
-def load_llm(d: Path, manifest: dict, media: dict, backend: str, tokenizer, precision: str):
+def load_tokenizer(eng: EngineDir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(eng.path / "tokenizer")
+
+
+def load_llm(eng: EngineDir, backend: str, tokenizer, precision: str):
     """The LanguageModel for `backend`; BackendUnavailable names what is missing for a GPU backend."""
+    d = eng.path
     if backend == "torch":
         from videoneva.runtime.torch_backend import TorchLanguageModel
 
-        return TorchLanguageModel(load_engine_llm(d, manifest, precision), tokenizer, media["image_token_id"])
+        return TorchLanguageModel(load_engine_llm(d, eng.manifest, precision), tokenizer, eng.image_token_id)
     if backend == "onnx":
+        import torch
         from transformers import AutoConfig
 
         from videoneva.runtime.onnx_backend import OnnxLanguageModel
@@ -161,68 +125,56 @@ def load_llm(d: Path, manifest: dict, media: dict, backend: str, tokenizer, prec
                         precision)
         # as many intra-op threads as torch is given (serve torch_threads=N), so the backends share cores alike
         return OnnxLanguageModel(d / "llm" / "onnx", AutoConfig.from_pretrained(d / "llm" / "torch"), tokenizer,
-                                 media["image_token_id"], threads=torch.get_num_threads())
+                                 eng.image_token_id, threads=torch.get_num_threads())
     from videoneva.runtime.tensorrt_backend import BackendUnavailable
     from videoneva.runtime.trtllm_backend import TensorRTLLMLanguageModel, trtllm_unavailable_reason
 
-    msg = _gpu_backend_error(d, manifest, backend, trtllm_unavailable_reason())
+    msg = _gpu_backend_error(d, eng.manifest, backend, trtllm_unavailable_reason())
     if msg:
         raise BackendUnavailable(msg)
-    return TensorRTLLMLanguageModel(d / "llm" / "trtllm_engine", tokenizer, media["image_token_id"])
+    return TensorRTLLMLanguageModel(d / "llm" / "trtllm_engine", tokenizer, eng.image_token_id)
 
 
-def engine_settings(d: Path, cfg: InferConfig) -> tuple[dict, dict, PipelineSettings, Any, MediaRoot]:
-    """(manifest, media.json, PipelineSettings, tokenizer, media root) of an engine dir, with cfg's overrides.
+def front_settings(eng: EngineDir, cfg: "InferConfig", max_num_frames: Optional[int] = None) -> "PipelineSettings":
+    """The prompt and media settings of an engine directory with cfg's overrides."""
+    from videoneva.runtime.front import PipelineSettings
 
-    Reads no weights: the Triton preprocess/postprocess models need only this.
-    """
-    manifest, media = read_engine_dir(d)
-    s = CheckpointSettings.from_dict(media["settings"])
-    tok = AutoTokenizer.from_pretrained(d / "tokenizer")
-    dd = cfg.data
-    if dd.frame_token_pool not in (None, s.frame_token_pool):
-        raise ConfigError(f"data.frame_token_pool={dd.frame_token_pool}: this engine was built with "
-                          f"{s.frame_token_pool}; rebuild the engine to change it")
-    if dd.image_token_len not in (None, media["image_token_len"]):
-        raise ConfigError(f"data.image_token_len={dd.image_token_len} conflicts with the engine's {media['image_token_len']}")
-    ms = MediaSettings(
-        media_type=dd.media_type or cfg.inference.media_type or s.media_type,
-        num_frames=dd.num_frames if dd.num_frames is not None else s.num_frames,
-        splice_single_frame=dd.splice_single_frame if dd.splice_single_frame is not None else s.splice_single_frame,
-        image_size=media["image_size"], crop_size=media["image_size"], image_mean=tuple(s.image_mean),
-        image_std=tuple(s.image_std), image_aspect_ratio=dd.image_aspect_ratio or s.image_aspect_ratio,
-        decoder=dd.decoder or "auto")
-    settings = PipelineSettings(template=dd.conv_template or s.conv_template, media=ms,
-                                image_token_len=media["image_token_len"],
-                                insert_media_token=cfg.inference.insert_media_token, add_bos=cfg.inference.add_BOS,
-                                model_id=cfg.model_id or s.model_id)
-    root = cfg.inference.media_base_path or dd.video_folder or dd.image_folder
-    return manifest, media, settings, tok, MediaRoot(root)
+    return PipelineSettings(template=cfg.data.conv_template or eng.settings.conv_template,
+                            media=eng.media_settings(cfg.data, cfg.inference.media_type),
+                            image_token_len=eng.image_token_len, insert_media_token=cfg.inference.insert_media_token,
+                            add_bos=cfg.inference.add_BOS, model_id=cfg.model_id or eng.settings.model_id,
+                            max_num_frames=max_num_frames)
 
 
-def engine_front(engine_dir: str | Path, cfg: InferConfig) -> Front:
-    """The weight-free request stages (media, prompt ids, detokenizing) of an engine directory."""
-    d = Path(engine_dir)
-    _, media, settings, tok, root = engine_settings(d, cfg)
-    llm_config = d / "llm" / "torch" / "config.json"
-    if not llm_config.is_file():
-        raise CheckpointError(f"{llm_config} is missing; rebuild the engine directory")
-    lc = json.loads(llm_config.read_text())
-    return Front(settings, tok, root, int(lc["vocab_size"]), int(media["image_token_id"]),
-                 int(lc["max_position_embeddings"]))
+def media_root_of(cfg: "InferConfig") -> Optional[str]:
+    return cfg.inference.media_base_path or cfg.data.video_folder or cfg.data.image_folder
 
 
-def pipeline_from_engine_dir(engine_dir: Path, cfg: InferConfig, cache_bytes: int = 256 * 2**20) -> Pipeline:
+def engine_front(eng: EngineDir, cfg: "InferConfig", media_root: Optional["MediaRoot"],
+                 max_num_frames: Optional[int] = None) -> "Front":
+    """The weight-free request steps of an engine directory (the Triton entry model's)."""
+    from videoneva.runtime.front import Front
+
+    return Front(front_settings(eng, cfg, max_num_frames), load_tokenizer(eng), media_root, eng.vocab_size,
+                 eng.image_token_id, eng.max_context)
+
+
+def pipeline_from_engine_dir(engine_dir: str | Path, cfg: "InferConfig", cache_bytes: int = 256 * 2**20) -> "Pipeline":
     """The backends the manifest names (ONNX Runtime + torch, or TensorRT + TensorRT-LLM on a GPU machine).
 
     device=cpu runs the portable pair whatever was built; a GPU backend that cannot run here raises
     BackendUnavailable naming the missing library, CUDA device or artifact.
     """
-    d = Path(engine_dir)
-    manifest, media, settings, tok, root = engine_settings(d, cfg)
-    vision_backend, llm_backend = select_backends(manifest, cfg.device)
+    from videoneva.media.sources import MediaRoot
+    from videoneva.runtime.cache import FeatureCache
+    from videoneva.runtime.pipeline import Pipeline
+
+    eng = EngineDir.read(engine_dir)
+    settings = front_settings(eng, cfg)
+    vision_backend, llm_backend = eng.backends(cfg.device)
+    tok = load_tokenizer(eng)
     # vision first: the TensorRT-LLM executor sizes its KV cache from the GPU memory left free
-    vision = load_vision(d, manifest, media, vision_backend)
-    llm = load_llm(d, manifest, media, llm_backend, tok, cfg.trainer.precision)
-    log.info("engine %s: vision %s, llm %s", d, vision_backend, llm_backend)
-    return Pipeline(vision, llm, tok, settings, root, FeatureCache(cache_bytes))
+    vision = load_vision(eng, vision_backend)
+    llm = load_llm(eng, llm_backend, tok, cfg.trainer.precision)
+    log.info("engine %s: vision %s, llm %s", eng.path, vision_backend, llm_backend)
+    return Pipeline(vision, llm, tok, settings, MediaRoot(media_root_of(cfg)), FeatureCache(cache_bytes))

@@ -26,20 +26,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def media_settings_for(ckpt: LoadedCheckpoint, cfg: InferConfig) -> MediaSettings:
-    """The checkpoint's media settings with data.* overrides applied (null keeps the checkpoint's)."""
-    s, d = ckpt.settings, cfg.data
-    return MediaSettings(
-        media_type=d.media_type or cfg.inference.media_type or s.media_type,
-        num_frames=d.num_frames if d.num_frames is not None else s.num_frames,
-        splice_single_frame=d.splice_single_frame if d.splice_single_frame is not None else s.splice_single_frame,
-        image_size=ckpt.image_size, crop_size=ckpt.image_size,
-        image_mean=tuple(s.image_mean), image_std=tuple(s.image_std),
-        image_aspect_ratio=d.image_aspect_ratio or s.image_aspect_ratio,
-        decoder=d.decoder or "auto",
-    )
-
-
 def pipeline_from_checkpoint(ckpt: LoadedCheckpoint, cfg: InferConfig, cache_bytes: int = 256 * 2**20) -> Pipeline:
     """Torch backends over a loaded checkpoint, settings merged from the checkpoint and cfg."""
     if cfg.tensor_model_parallel_size > 1 or cfg.pipeline_model_parallel_size > 1:
@@ -55,7 +41,7 @@ def pipeline_from_checkpoint(ckpt: LoadedCheckpoint, cfg: InferConfig, cache_byt
     llm = TorchLanguageModel(ckpt.model, ckpt.tokenizer)
     settings = PipelineSettings(
         template=cfg.data.conv_template or ckpt.settings.conv_template,
-        media=media_settings_for(ckpt, cfg),
+        media=MediaSettings.from_checkpoint(ckpt.settings, ckpt.image_size, cfg.data, cfg.inference.media_type),
         image_token_len=resolve_image_token_len(ckpt.image_size, ckpt.patch_size, pool, cfg.data.image_token_len),
         insert_media_token=cfg.inference.insert_media_token,
         add_bos=cfg.inference.add_BOS,

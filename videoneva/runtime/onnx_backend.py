@@ -1,4 +1,4 @@
-"""ONNX Runtime backends: the vision encoder (engine_dir/vision/vision.onnx) and the LLM (engine_dir/llm/onnx/)."""
+"""The ONNX Runtime LLM (engine_dir/llm/onnx/); the vision encoder is in onnx_vision.py."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,31 +8,6 @@ import torch
 
 from videoneva.errors import CheckpointError
 from videoneva.runtime.torch_backend import DecodeLoopLanguageModel
-
-
-class OnnxVisionEncoder:
-    """pixel_values [F, 3, H, W] → features [F, T, D] through onnxruntime (CPU, or CUDA when present)."""
-
-    def __init__(self, path: str | Path, tokens_per_frame: int, hidden_size: int, threads: int | None = None):
-        import onnxruntime as ort
-
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"vision encoder not found: {path}")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-        self.session = ort.InferenceSession(str(path), opts, providers=providers)
-        self.input_name = self.session.get_inputs()[0].name
-        self.tokens_per_frame, self.hidden_size = tokens_per_frame, hidden_size
-
-    def encode(self, pixel_values: np.ndarray) -> torch.Tensor:
-        x = np.ascontiguousarray(pixel_values, dtype=np.float32)
-        (out,) = self.session.run(None, {self.input_name: x})
-        if out.shape[1:] != (self.tokens_per_frame, self.hidden_size):
-            raise CheckpointError(f"vision.onnx returned {out.shape}, expected [F, {self.tokens_per_frame}, {self.hidden_size}]")
-        return torch.from_numpy(out)
 
 
 # engine_dir/llm/onnx/: one graph for the prefill and every decode step (engine_build/llm_onnx.py)

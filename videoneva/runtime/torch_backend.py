@@ -90,8 +90,8 @@ class DecodeLoopLanguageModel:
         procs = LogitsProcessorList()
         if sampling.repetition_penalty != 1.0:
             procs.append(RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty))
-        if sampling.min_tokens_to_generate > 0 and stop_ids:
-            procs.append(MinNewTokensLengthLogitsProcessor(prompt_len, sampling.min_tokens_to_generate, stop_ids,
+        if sampling.min_tokens > 0 and stop_ids:
+            procs.append(MinNewTokensLengthLogitsProcessor(prompt_len, sampling.min_tokens, stop_ids,
                                                            device=str(self.device)))
         if not sampling.greedy:
             if sampling.temperature != 1.0:
@@ -136,11 +136,11 @@ class DecodeLoopLanguageModel:
         new: list[int] = []
         raw: list[torch.Tensor] = []
         finish = "length"
-        step = self._prefill(embeds) if sampling.tokens_to_generate else None
+        step = self._prefill(embeds) if sampling.max_tokens else None
         while step is not None:
             logits, state = step
             logits = logits.float()  # (1, vocab)
-            if sampling.all_probs:
+            if sampling.return_log_probs:
                 raw.append(logits[0])
             scores = logits
             for proc in procs:  # LogitsProcessorList's own call inspects signatures at every step
@@ -154,11 +154,11 @@ class DecodeLoopLanguageModel:
             if tid in stop_ids or (stop_text is not None and bool(stop_text(ids, logits)[0])):
                 finish = "stop"
                 break
-            if len(new) >= sampling.tokens_to_generate:
+            if len(new) >= sampling.max_tokens:
                 break
             step = self._step(self.embed_tokens(nxt[:, None]), state)
         logprobs = None
-        if sampling.all_probs:
+        if sampling.return_log_probs:
             steps = torch.stack(raw).log_softmax(-1) if raw else torch.zeros(0, self.vocab_size, device=self.device)
             chosen = torch.tensor(new, dtype=torch.long, device=steps.device)
             logprobs = steps.gather(1, chosen[:, None])[:, 0].tolist()

@@ -89,7 +89,7 @@ def generate_kwargs(sampling: SamplingSettings, rule: StopRule, max_new_tokens: 
     Args:
         sampling: the request's settings.
         rule: from stop_rule().
-        max_new_tokens: overrides sampling.tokens_to_generate (to fit the engine's max_seq_len).
+        max_new_tokens: overrides sampling.max_tokens (to fit the engine's max_seq_len).
         streaming: return a generator of partial outputs.
     """
     s = trtllm_sampling_kwargs(sampling)
@@ -98,7 +98,7 @@ def generate_kwargs(sampling: SamplingSettings, rule: StopRule, max_new_tokens: 
         "end_id": rule.end_id, "pad_id": rule.pad_id,
         "top_k": int(s["top_k"]), "top_p": float(s["top_p"]), "temperature": float(s["temperature"]),
         "repetition_penalty": float(s["repetition_penalty"]),
-        "streaming": streaming, "output_log_probs": bool(sampling.all_probs),
+        "streaming": streaming, "output_log_probs": bool(sampling.return_log_probs),
         "output_sequence_lengths": True, "return_dict": True,
     }
     if s["min_length"]:
@@ -235,7 +235,7 @@ class TensorRTLLMLanguageModel:
         table = make_prompt_table(prompt_table, self.hidden_size, self.dtype, self.max_table_rows,
                                   self.table_device)
         check_ids(input_ids, self.vocab_size, 0 if table is None else table.shape[1])
-        max_new = min(sampling.tokens_to_generate, self.max_context - len(input_ids))
+        max_new = min(sampling.max_tokens, self.max_context - len(input_ids))
         if max_new < 1:
             raise PromptError(f"prompt is {len(input_ids)} tokens and the engine's max_seq_len is {self.max_context}: "
                               "no room to generate")
@@ -245,7 +245,7 @@ class TensorRTLLMLanguageModel:
         outputs = self.runner.generate([ids], prompt_table=table, **kw)
         reader = OutputReader(len(input_ids), rule.end_id, on_token).read(outputs)
         tokens, reason = finish(reader.tokens, rule, max_new)
-        logprobs = reader.logprobs[: len(tokens)] if sampling.all_probs else None
+        logprobs = reader.logprobs[: len(tokens)] if sampling.return_log_probs else None
         timings = {"generate_s": time.perf_counter() - t0}
         if reader.first_token_s is not None and on_token is not None:
             timings["first_token_s"] = reader.first_token_s - t0

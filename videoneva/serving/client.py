@@ -2,9 +2,9 @@
 
     from videoneva.serving import Client
     with Client("127.0.0.1:8001") as c:
-        result = c.answer("What color is the shape?", media_type="video",
+        answer = c.answer("What color is the shape?", media_type="video",
                           media_bytes=open("clip.mp4", "rb").read(), max_tokens=32)
-        print(result["clean_response"])
+        print(answer.clean_response)
         c.answer("Describe the video.", media_type="video", media_bytes=…, on_delta=print)  # streams
 
 Media are sent once: after a server has answered about a file (and said it caches features), the
@@ -31,7 +31,9 @@ from typing import Callable, Optional
 import numpy as np
 
 from videoneva.errors import VideoNevaError
-from videoneva.serving.protocol import INPUTS, MEDIA_NOT_CACHED, MODEL_NAME, digest_of, string_tensor
+from videoneva.schema import Answer
+from videoneva.serving.protocol import INPUTS, MEDIA_NOT_CACHED, MODEL_NAME, digest_of
+from videoneva.serving.tensors import NUMPY_DTYPES, string_tensor
 
 
 class RequestFailed(VideoNevaError):
@@ -111,36 +113,29 @@ class Client:
             time.sleep(0.25)
 
     @staticmethod
-    def inputs(text: str, media_type: Optional[str] = None, media_bytes: Optional[bytes] = None,
-               media_path: Optional[str] = None, end_strings: Optional[list[str]] = None,
-               insert_media_token: Optional[str] = None, stream: bool = False, media_digest: Optional[str] = None,
-               **sampling) -> dict[str, np.ndarray]:
-        """The request's tensors. sampling: max_tokens, min_tokens, greedy, temperature, top_k, top_p,
-        repetition_penalty, seed, return_log_probs (None values are left out: the server's defaults)."""
+    def inputs(text: str, media_bytes: Optional[bytes] = None, end_strings: Optional[list[str]] = None,
+               stream: bool = False, **settings) -> dict[str, np.ndarray]:
+        """The request's tensors. settings: any input of protocol.INPUTS by name: media_type,
+        media_path, media_digest, num_frames, splice_single_frame, insert_media_token and the
+        SamplingSettings fields (max_tokens, min_tokens, greedy, temperature, top_k, top_p,
+        repetition_penalty, seed, return_log_probs). None values are left out: the server's defaults."""
         t: dict[str, np.ndarray] = {"text_input": string_tensor(text), "stream": np.array([stream])}
-        if media_type is not None:
-            t["media_type"] = string_tensor(media_type)
         if media_bytes is not None:
             t["media_bytes_input"] = np.frombuffer(media_bytes, np.uint8)
-        if media_path is not None:
-            t["media_path"] = string_tensor(media_path)
-        if media_digest is not None:
-            t["media_digest"] = string_tensor(media_digest)
         if end_strings:
             t["end_strings"] = string_tensor(*end_strings)
-        if insert_media_token is not None:
-            t["insert_media_token"] = string_tensor(insert_media_token)
-        for name, value in sampling.items():
-            if name not in INPUTS:
+        for name, value in settings.items():
+            if name not in INPUTS or name in t:
                 raise TypeError(f"unknown request setting {name!r}; valid: {sorted(INPUTS)}")
-            if value is not None:
-                t[name] = np.array([value], dtype=INPUTS[name][1])
+            if value is None:
+                continue
+            dtype = NUMPY_DTYPES[INPUTS[name][0]]
+            t[name] = string_tensor(value) if dtype is np.object_ else np.array([value], dtype=dtype)
         return t
 
     def answer(self, text: str, *, on_delta: Optional[Callable[[str], None]] = None, request_id: str = "",
-               **kwargs) -> dict:
-        """Answer one question; returns the server's result (prompt, raw_response, clean_response,
-        token_ids, finish_reason, logprobs, tokens, media, timings, model_id).
+               **kwargs) -> Answer:
+        """Answer one question (kwargs: media_bytes, end_strings and the settings of `inputs`).
 
         on_delta: called with each text piece as it streams (the request is sent with stream=true).
         Raises RequestFailed (the server refused it) or ServerUnavailable (after the retries).
@@ -150,7 +145,7 @@ class Client:
             return self._send(self.inputs(text, stream=on_delta is not None, **kwargs), on_delta, request_id)
         digest = digest_of(data)
         if digest in self._seen:
-            light = self.inputs(text, stream=on_delta is not None, **{**kwargs, "media_bytes": None}, media_digest=digest)
+            light = self.inputs(text, stream=on_delta is not None, **{**kwargs, "media_bytes": None, "media_digest": digest})
             try:
                 return self._send(light, on_delta, request_id)
             except RequestFailed as exc:
@@ -159,7 +154,7 @@ class Client:
                 with self._lock:
                     self._seen.pop(digest, None)
         result = self._send(self.inputs(text, stream=on_delta is not None, **kwargs), on_delta, request_id)
-        if (result.get("media") or {}).get("cache") in ("hit", "miss"):  # the server keeps features
+        if result.media.get("cache") in ("hit", "miss"):  # the server keeps features
             with self._lock:
                 self._seen[digest] = None
                 self._seen.move_to_end(digest)
@@ -167,7 +162,7 @@ class Client:
                     self._seen.popitem(last=False)
         return result
 
-    def _send(self, tensors: dict[str, np.ndarray], on_delta, request_id: str) -> dict:
+    def _send(self, tensors: dict[str, np.ndarray], on_delta, request_id: str) -> Answer:
         delay, last = self.backoff, None
         for attempt in range(self.retries + 1):
             try:
@@ -182,7 +177,7 @@ class Client:
                     self._reset()
         raise ServerUnavailable(f"{self.url}: no answer after {self.retries + 1} attempts: {last}")
 
-    def _once(self, tensors: dict[str, np.ndarray], on_delta, request_id: str) -> dict:
+    def _once(self, tensors: dict[str, np.ndarray], on_delta, request_id: str) -> Answer:
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import np_to_triton_dtype
 
@@ -268,7 +263,7 @@ class _Stream:
             return
         final = result.as_numpy("result_json")
         if final is not None:
-            box["result"] = json.loads(final.reshape(-1)[0].decode("utf-8"))
+            box["result"] = Answer.from_dict(json.loads(final.reshape(-1)[0].decode("utf-8")))
             done.set()
         elif on_delta is not None:
             text = result.as_numpy("text_output")

@@ -51,7 +51,7 @@ def short_benchmark(url: str, clips: list[bytes], tokens: int = 8) -> dict:
         t0 = time.perf_counter()
         r = c.answer(q, media_type="video", media_bytes=clip, max_tokens=tokens, greedy=True,
                      insert_media_token=DEMO_INSERT)
-        return time.perf_counter() - t0, r["media"].get("cache")
+        return time.perf_counter() - t0, r.media.get("cache")
 
     with Client(url) as c:
         miss, hit = [], []
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _step("3/6 videoneva serve (Triton Inference Server, gRPC on 127.0.0.1)")
     cfg = load_config(ServeConfig, [f"engine_dir={engine}", "grpc_port=0", "http_port=0", "metrics_port=0",
-                                    "torch_threads=1"])
+                                    "threads=1"])
     work = out / "server"  # the rendered model repository and tritonserver.log stay for a look afterwards
     if work.exists():
         shutil.rmtree(work)

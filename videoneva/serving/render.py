@@ -1,21 +1,25 @@
 """Render triton_repo/ templates into a runnable Triton model repository, strictly.
 
-Each template model is a folder `triton_repo/<model>/` with `config.pbtxt` (holding `${key}`
-placeholders) and optionally `1/model.py`. Rendering fails on a placeholder no value was given
-for, on a value no template uses, and on any `${` left after substitution (tensorrtllm_backend's
-fill_template.py uses safe_substitute and silently leaves holes; we do not).
+Each template model is a folder `triton_repo/<model>/` with a `config.pbtxt` holding `${key}`
+placeholders; every rendered model gets the one bootstrap `triton_repo/model.py` as `1/model.py`.
+Rendering fails on a placeholder no value was given for, on a value no template uses, and on any
+`${` left after substitution (tensorrtllm_backend's fill_template.py uses safe_substitute and
+silently leaves holes; we do not). The templates ship inside the package (`videoneva/triton_repo`),
+so an installed wheel renders the same repository as a source checkout.
 """
 from __future__ import annotations
 
 import json
 import re
 import shutil
+from importlib import resources
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from videoneva.errors import ConfigError
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "triton_repo"
+TEMPLATE_DIR = Path(str(resources.files("videoneva") / "triton_repo"))
+BOOTSTRAP = "model.py"
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -68,11 +72,8 @@ def render_repository(out_dir: str | Path, models: Mapping[str, Mapping[str, obj
                               f"it takes {sorted(placeholders(text))}")
         (out / name).mkdir()
         (out / name / "config.pbtxt").write_text(render_text(text, values, f"{name}/config.pbtxt"), encoding="utf-8")
-        version = src / name / "1"
-        if version.is_dir():
-            shutil.copytree(version, out / name / "1", ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            (out / name / "1").mkdir()
+        (out / name / "1").mkdir()
+        shutil.copyfile(src / BOOTSTRAP, out / name / "1" / "model.py")
     return out
 
 

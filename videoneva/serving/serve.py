@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from videoneva.config import DataConfig, TrainerConfig, _help, _positive, config_help, load_config
-from videoneva.errors import CheckpointError, ConfigError
+from videoneva.config import DataConfig, InferenceConfig, TrainerConfig, _help, _positive, config_help, load_config, to_dict
+from videoneva.errors import ConfigError
 from videoneva.serving.render import pbtxt_string, render_repository
-from videoneva.serving.server import ServerNotReady, TritonServer, stub_python_path
+from videoneva.serving.server import ServerNotReady, TritonServer
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +23,11 @@ HELP = """videoneva serve: serve a Video NeVA model over gRPC with Triton Infere
 
   videoneva serve engine_dir=DIR [host=127.0.0.1 grpc_port=8001 http_port=8000 metrics_port=8002]
 
-Renders a model repository from triton_repo/: `videoneva` (the entry point: BLS, decoupled,
-streams text) over `feature_cache`, `preprocess`, `vision_encoder` (dynamic batching), `llm`
-(streams token ids) and `postprocess`; then
-starts `tritonserver` (the nvidia-pytriton wheel's, or one on PATH), waits until ready, prints
-the endpoint, and stops on Ctrl-C / SIGTERM. Binds to 127.0.0.1 unless host= says otherwise.
+Renders a model repository from triton_repo/: `videoneva` (the entry point: decoupled, streams
+text) over `feature_cache`, `preprocess`, `vision_encoder` (dynamic batching) and `llm` (streams
+token ids); then starts `tritonserver` (the nvidia-pytriton wheel's, or one on PATH), waits until
+ready, prints the endpoints, and stops on Ctrl-C / SIGTERM. Binds to 127.0.0.1 unless host= says
+otherwise. inference.* keys (NeMo's names) set the sampling defaults a request does not set.
 Clients: `videoneva infer server_url=HOST:PORT …` or videoneva.serving.Client."""
 
 
@@ -45,15 +45,15 @@ class ServeConfig:
     vision_max_batch_frames: int = _help("frames per vision encoder batch (at least data.num_frames)", default=32)
     vision_queue_delay_us: int = _help("dynamic batching: how long the vision encoder waits to fill a batch", default=2000)
     llm_instances: int = _help("instances of the llm model (each loads the LLM weights)", default=1)
-    postprocess_instances: int = _help("instances of the postprocess model", default=1)
     videoneva_instances: int = _help("instances of the videoneva entry model: requests answered at once (the rest queue)", default=4)
     cache_bytes: int = _help("visual feature cache size in bytes (0 disables it)", default=256 * 2**20)
-    max_tokens: int = _help("largest max_tokens a request may ask for", default=1024)
+    max_tokens_limit: int = _help("the largest max_tokens a request may ask for (a cap, not a default: "
+                                  "inference.tokens_to_generate is the default)", default=1024)
     max_media_bytes: int = _help("largest media_bytes_input accepted", default=64 * 2**20)
-    torch_threads: int = _help("torch threads per model instance (0: torch's default)", default=0)
+    max_num_frames: Optional[int] = _help("the most frames a request may ask for with num_frames (default: "
+                                          "vision_max_batch_frames)", default=None)
+    threads: int = _help("intra-op threads per model instance, torch and ONNX Runtime (0: their default)", default=0)
     model_id: Optional[str] = _help("model id reported in answers (default: the model's own)", default=None)
-    insert_media_token: Optional[str] = _help("left | right | null: where <video>/<image> goes when a question has "
-                                              "none (a request's insert_media_token wins)", default=None)
     device: str = _help("cpu | cuda | auto", default="auto")
     startup_timeout: float = _help("seconds to wait for the server to become ready", default=300.0)
     stall_timeout: float = _help("seconds without progress while not ready (the server and its python stubs use "
@@ -67,6 +67,7 @@ class ServeConfig:
                                     "python models in parallel stalled some starts on CPU)", default=1)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def __post_init__(self) -> None:
         if not self.engine_dir:
@@ -76,66 +77,69 @@ class ServeConfig:
             if not isinstance(v, int) or not 0 <= v <= 65535:
                 raise ConfigError(f"{key} must be a port number in 0..65535, got {v!r}")
         for key in ("preprocess_instances", "vision_instances", "vision_max_batch_frames", "llm_instances",
-                    "postprocess_instances", "videoneva_instances", "model_load_threads"):
+                    "videoneva_instances", "model_load_threads"):
             _positive(key, getattr(self, key))
         if isinstance(self.startup_retries, bool) or not isinstance(self.startup_retries, int) or self.startup_retries < 0:
             raise ConfigError(f"startup_retries must be a whole number >= 0, got {self.startup_retries!r}")
-        _positive("max_tokens", self.max_tokens)
+        _positive("max_tokens_limit", self.max_tokens_limit)
         _positive("max_media_bytes", self.max_media_bytes)
-        if self.insert_media_token not in (None, "left", "right"):
-            raise ConfigError(f"insert_media_token={self.insert_media_token!r}: choose left, right or null")
-        if self.cache_bytes < 0 or self.torch_threads < 0 or self.vision_queue_delay_us < 0:
-            raise ConfigError("cache_bytes, torch_threads and vision_queue_delay_us must be >= 0")
+        if self.max_num_frames is not None:
+            _positive("max_num_frames", self.max_num_frames)
+            if self.max_num_frames > self.vision_max_batch_frames:
+                raise ConfigError(f"max_num_frames={self.max_num_frames} exceeds vision_max_batch_frames="
+                                  f"{self.vision_max_batch_frames}, the most frames one vision batch holds; raise "
+                                  "vision_max_batch_frames or lower max_num_frames")
+        if self.inference.tokens_to_generate > self.max_tokens_limit:
+            raise ConfigError(f"inference.tokens_to_generate={self.inference.tokens_to_generate} (the default) exceeds "
+                              f"max_tokens_limit={self.max_tokens_limit}")
+        if self.inference.media_base_path:
+            raise ConfigError("inference.media_base_path is infer's media root; `serve` takes media_root=DIR")
+        if self.cache_bytes < 0 or self.threads < 0 or self.vision_queue_delay_us < 0:
+            raise ConfigError("cache_bytes, threads and vision_queue_delay_us must be >= 0")
         if not self.startup_timeout > 0 or self.stall_timeout < 0:
             raise ConfigError(f"startup_timeout must be > 0 and stall_timeout >= 0, got {self.startup_timeout!r} "
                               f"and {self.stall_timeout!r}")
 
 
-def pipeline_args(cfg: ServeConfig) -> list[str]:
-    """The InferConfig overrides the model builds its Pipeline from."""
-    args = [f"engine_dir={Path(cfg.engine_dir).resolve()}", f"device={cfg.device}",
-            f"trainer.precision={cfg.trainer.precision}"]
-    if cfg.media_root:
-        args.append(f"inference.media_base_path={Path(cfg.media_root).resolve()}")
-    if cfg.model_id:
-        args.append(f"model_id={cfg.model_id}")
-    if cfg.insert_media_token:
-        args.append(f"inference.insert_media_token={cfg.insert_media_token}")
-    for key, value in cfg.data.__dict__.items():
-        if value is not None:
-            args.append(f"data.{key}={value}")
-    return args
+def infer_config(cfg: ServeConfig) -> dict:
+    """The InferConfig the entry model builds its request flow from (as plain data)."""
+    inference = {**to_dict(cfg.inference), "media_base_path": str(Path(cfg.media_root).resolve()) if cfg.media_root else None}
+    return {"engine_dir": str(Path(cfg.engine_dir).resolve()), "device": cfg.device, "model_id": cfg.model_id,
+            "trainer": to_dict(cfg.trainer), "inference": inference,
+            "data": {k: v for k, v in to_dict(cfg.data).items() if v is not None}}
 
 
-def check_model_source(cfg: ServeConfig) -> dict:
-    """Fail before starting anything when the engine dir or media root is unusable; returns media.json."""
-    from videoneva.runtime.engine import read_engine_dir
+def check_model_source(cfg: ServeConfig):
+    """Fail before starting anything when the engine dir or media root is unusable; returns the EngineDir."""
+    from videoneva.runtime.engine_dir import EngineDir
 
-    _, media = read_engine_dir(cfg.engine_dir)  # lists what is missing
+    eng = EngineDir.read(cfg.engine_dir)  # lists what is missing
     if cfg.media_root and not Path(cfg.media_root).is_dir():
         raise ConfigError(f"media_root {cfg.media_root} is not a directory")
-    frames = cfg.data.num_frames or media["settings"].get("num_frames") or 1
-    if cfg.vision_max_batch_frames < frames:
+    ms = eng.media_settings(cfg.data)
+    frames = 1 if ms.splice_single_frame else ms.num_frames
+    if frames != -1 and cfg.vision_max_batch_frames < frames:
         raise ConfigError(f"vision_max_batch_frames={cfg.vision_max_batch_frames} is below the {frames} frames "
                           "of one video; raise it")
-    return media
+    return eng
 
 
 def render(cfg: ServeConfig, out_dir: str | Path) -> Path:
     """Render the model repository for cfg into out_dir (paths made absolute for the server)."""
-    args = pbtxt_string(json.dumps(pipeline_args(cfg)))
-    common = {"pipeline_args": args, "python_path": pbtxt_string(json.dumps(stub_python_path()))}
-    threads = {"torch_threads": cfg.torch_threads}
+    engine = str(Path(cfg.engine_dir).resolve())
+    backend = {"engine_dir": pbtxt_string(engine), "device": cfg.device, "threads": cfg.threads}
     models = {
-        "videoneva": {**common, "max_tokens": cfg.max_tokens, "max_media_bytes": cfg.max_media_bytes,
+        "videoneva": {"infer_config": pbtxt_string(json.dumps(infer_config(cfg))),
+                      "max_tokens_limit": cfg.max_tokens_limit, "max_media_bytes": cfg.max_media_bytes,
+                      "max_num_frames": cfg.max_num_frames or cfg.vision_max_batch_frames,
                       "cache_bytes": cfg.cache_bytes, "videoneva_instances": cfg.videoneva_instances},
-        "feature_cache": {"python_path": common["python_path"], "cache_bytes": cfg.cache_bytes},
-        "preprocess": {**common, **threads, "preprocess_instances": cfg.preprocess_instances},
-        "vision_encoder": {**common, **threads, "vision_instances": cfg.vision_instances,
+        "feature_cache": {"cache_bytes": cfg.cache_bytes},
+        "preprocess": {"media_root": pbtxt_string(Path(cfg.media_root).resolve() if cfg.media_root else ""),
+                       "preprocess_instances": cfg.preprocess_instances},
+        "vision_encoder": {**backend, "vision_instances": cfg.vision_instances,
                            "vision_max_batch_frames": cfg.vision_max_batch_frames,
                            "vision_queue_delay_us": cfg.vision_queue_delay_us},
-        "llm": {**common, **threads, "llm_instances": cfg.llm_instances},
-        "postprocess": {**common, "postprocess_instances": cfg.postprocess_instances},
+        "llm": {**backend, "precision": cfg.trainer.precision, "llm_instances": cfg.llm_instances},
     }
     return render_repository(out_dir, models)
 

@@ -92,7 +92,7 @@ def assemble_backend_dir(dst: Path, server: Path) -> Path:
 
 
 def server_env(server: Path) -> dict:
-    """Environment for the server and its python stubs: libraries and import path of this venv."""
+    """Environment for the server and its python stubs: this interpreter's libraries and environment."""
     env = dict(os.environ)
     libs = [sysconfig.get_config_var("LIBDIR") or ""]
     pt = _pytriton_dir()
@@ -101,28 +101,13 @@ def server_env(server: Path) -> dict:
     if env.get("LD_LIBRARY_PATH"):
         libs.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libs if p)
-    paths = stub_python_path()
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    # The stub embeds Python, which finds its prefix through `python3` on PATH: with this venv's
-    # bin first it starts inside the venv (its numpy, not a system numpy 2.x that breaks the stub).
+    # The stub embeds Python, which finds its prefix through `python3` on PATH: with this
+    # interpreter's bin first it starts inside this environment, so it imports the videoneva
+    # installed here (editable or from a wheel) and this environment's numpy (not a system numpy
+    # 2.x that breaks the stub). It does not read PYTHONPATH.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2))))
     return env
-
-
-def stub_python_path() -> list[str]:
-    """Import path for the python stubs: this package's root and this venv's site-packages.
-
-    The stub starts its interpreter without reading PYTHONPATH, so model.py puts these on
-    sys.path itself (the `python_path` model parameter).
-    """
-    import site
-
-    import videoneva
-
-    return [str(Path(videoneva.__file__).resolve().parents[1]), *site.getsitepackages()]
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -250,11 +250,7 @@ def _save_last(model, tok, settings, last: Path, opt, sched, step: int, losses: 
 
 def train_media_settings(settings: CheckpointSettings, model) -> MediaSettings:
     """The media preprocessing training uses: the checkpoint's settings at the tower's input size."""
-    size = model.config.vision_config.image_size
-    return MediaSettings(media_type=settings.media_type, num_frames=settings.num_frames,
-                         splice_single_frame=settings.splice_single_frame, image_size=size, crop_size=size,
-                         image_mean=tuple(settings.image_mean), image_std=tuple(settings.image_std),
-                         image_aspect_ratio=settings.image_aspect_ratio)
+    return MediaSettings.from_checkpoint(settings, model.config.vision_config.image_size)
 
 
 def _pretrain_vision(cfg: TrainConfig, base, media: MediaSettings, ds: ConversationDataset, out_dir: Path) -> dict:
