@@ -112,7 +112,7 @@ def stage_p50(rows: list[dict], level) -> dict:
     """p50 seconds of the server's own stage timings (inside the `videoneva` model) and of the client's e2e.
 
     decode_s: preprocess (sampled decode + CLIP); encode_s: vision_encoder incl. its batching queue;
-    media_s: preprocess + vision; generate_s: the llm model incl. streaming postprocess calls;
+    media_s: everything before the llm; generate_s: the llm model incl. streaming and detokenizing;
     total_s: inside the entry model; the client's e2e minus it is gRPC + the wait for a free instance.
     """
     out = {}
@@ -237,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     report["notes_md"] = ["## Throughput side by side", "", *rows, "",
                           "## Where the server's time goes (p50 ms, the server's own timings)", "", *srows, "",
                           "decode_s: preprocess (sampled decode + CLIP preprocessing); encode_s: vision encoder with its "
-                          "batching queue; media_s: both; generate_s: the llm model (streamed, a postprocess call per "
-                          "piece); total_s: inside the entry model; client e2e − total_s = gRPC and the wait for a free "
+                          "batching queue; media_s: everything before the llm; generate_s: the llm model (streamed, "
+                          "detokenized in the entry model); total_s: inside the entry model; client e2e − total_s = gRPC and the wait for a free "
                           "entry-model instance.", "",
                           f"Same outputs (identical token ids per question): {agree_s}.", "",
                           f"Target: Triton at concurrency 8 ≥ 3× the baseline's throughput: measured "

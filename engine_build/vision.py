@@ -2,7 +2,8 @@
 
 The exported graph is VisionFeatures (videoneva/model/vision.py): CLIP tower with hidden states →
 penultimate layer, CLS dropped → optional avg-pool of each frame's patch grid → projector. Not
-`get_image_features`, whose ONNX export bakes in a per-image split (shared/reference/FINDINGS.md).
+`get_image_features`, whose ONNX export bakes in a per-image split (it fails at run time for another
+frame count).
 """
 from __future__ import annotations
 

@@ -43,6 +43,22 @@ def test_seed_job_writes_one_line_per_prompt_and_prints_seed_form(tiny_checkpoin
     assert "<extra_id_0>System\nA chat between a curious user" in printed
 
 
+def test_a_line_sets_its_own_frame_sampling(tiny_checkpoint, media_dir, prompt_file, tmp_path):
+    prompts = prompt_file([
+        {"video": "clip.mp4", "text": "q", "question_id": 0},
+        {"video": "clip.mp4", "text": "q", "question_id": 1, "num_frames": 2},
+        {"video": "clip.mp4", "text": "q", "question_id": 2, "splice_single_frame": "last"},
+        {"video": "clip.mp4", "text": "q", "question_id": 3, "num_frames": 0},
+        {"video": "clip.mp4", "text": "q", "question_id": 4, "splice_single_frame": "centre"},
+    ])
+    out = tmp_path / "answers.jsonl"
+    assert cli(_args(tiny_checkpoint, media_dir, prompts, out)) == 1
+    recs = {r["question_id"]: r for r in _read(out)}
+    assert [recs[q]["metadata"]["num_frames"] for q in (0, 1, 2)] == [4, 2, 1]
+    assert recs[2]["metadata"]["frame_indices"] == [23]  # the last of the clip's 24 frames
+    assert "num_frames" in recs[3]["error"] and "splice_single_frame" in recs[4]["error"]
+
+
 @pytest.fixture()
 def bad_media(media_dir, tmp_path):
     """A media root holding the good and broken files plus a symlink that points outside it."""

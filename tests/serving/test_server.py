@@ -260,7 +260,7 @@ def test_stalled_stubs_mid_generation_only_delay_the_answer(server, media_dir):
     thread answers. So the llm stub frozen for 2.5 s mid-generation (CPU starvation), then the
     whole server with its stubs (a paused VM), only delay the answer, and the server goes on.
     (A stall during an execute() call itself, now as short as a copy, is still fatal in Triton
-    2.51: ../shared/reference/FINDINGS.md.)
+    2.51: docs/triton-python-backend.md.)
 
     The freeze comes at the first text piece the client gets; the tiny model generates the other
     63 tokens in under 0.1 s, so a slow hop to the client can let the generation end first. Such a
@@ -304,7 +304,7 @@ def test_many_streamed_answers_leave_every_stub_alive(server, media_dir):
     """Streaming makes the llm answer the `videoneva` model with a response per token (a decoupled
     BLS call). The stub used to free those responses' numpy arrays in a thread without the GIL,
     which corrupted its heap: with 8 streamed requests in flight a `videoneva` stub died within a
-    minute or two (../shared/reference/FINDINGS.md). bls_stream holds the responses until that
+    minute or two (docs/triton-python-backend.md). bls_stream holds the responses until that
     thread is done. (On the session server: a start of its own with 8 instances stalled in CI.)"""
     from videoneva.serving import Client
 

@@ -30,7 +30,7 @@ class VisionEncoder(Protocol):
     hidden_size: int
 
     def encode(self, pixel_values: np.ndarray) -> torch.Tensor:
-        """pixel_values float32 [F, 3, H, W] → features [F, T, D_llm] in the LLM's dtype."""
+        """pixel_values float32 [F, 3, H, W] → features [F, T, D_llm] (numpy, or torch in the LLM's dtype)."""
 
 
 class LanguageModel(Protocol):

@@ -123,7 +123,7 @@ def load_llm(eng: EngineDir, backend: str, tokenizer, precision: str):
         if precision != "32":
             log.warning("llm backend onnx runs the float32 graph it was built with (trainer.precision=%s ignored)",
                         precision)
-        # as many intra-op threads as torch is given (serve torch_threads=N), so the backends share cores alike
+        # as many intra-op threads as torch is given (serve threads=N), so the backends share cores alike
         return OnnxLanguageModel(d / "llm" / "onnx", AutoConfig.from_pretrained(d / "llm" / "torch"), tokenizer,
                                  eng.image_token_id, threads=torch.get_num_threads())
     from videoneva.runtime.tensorrt_backend import BackendUnavailable

@@ -52,7 +52,8 @@ class ServeConfig:
     max_media_bytes: int = _help("largest media_bytes_input accepted", default=64 * 2**20)
     max_num_frames: Optional[int] = _help("the most frames a request may ask for with num_frames (default: "
                                           "vision_max_batch_frames)", default=None)
-    threads: int = _help("intra-op threads per model instance, torch and ONNX Runtime (0: their default)", default=0)
+    threads: int = _help("intra-op threads per llm instance, torch and ONNX Runtime (0: their default)", default=0)
+    vision_threads: int = _help("ONNX Runtime intra-op threads per vision_encoder instance (0: one per core)", default=0)
     model_id: Optional[str] = _help("model id reported in answers (default: the model's own)", default=None)
     device: str = _help("cpu | cuda | auto", default="auto")
     startup_timeout: float = _help("seconds to wait for the server to become ready", default=300.0)
@@ -94,8 +95,8 @@ class ServeConfig:
                               f"max_tokens_limit={self.max_tokens_limit}")
         if self.inference.media_base_path:
             raise ConfigError("inference.media_base_path is infer's media root; `serve` takes media_root=DIR")
-        if self.cache_bytes < 0 or self.threads < 0 or self.vision_queue_delay_us < 0:
-            raise ConfigError("cache_bytes, threads and vision_queue_delay_us must be >= 0")
+        if min(self.cache_bytes, self.threads, self.vision_threads, self.vision_queue_delay_us) < 0:
+            raise ConfigError("cache_bytes, threads, vision_threads and vision_queue_delay_us must be >= 0")
         if not self.startup_timeout > 0 or self.stall_timeout < 0:
             raise ConfigError(f"startup_timeout must be > 0 and stall_timeout >= 0, got {self.startup_timeout!r} "
                               f"and {self.stall_timeout!r}")
@@ -127,7 +128,7 @@ def check_model_source(cfg: ServeConfig):
 def render(cfg: ServeConfig, out_dir: str | Path) -> Path:
     """Render the model repository for cfg into out_dir (paths made absolute for the server)."""
     engine = str(Path(cfg.engine_dir).resolve())
-    backend = {"engine_dir": pbtxt_string(engine), "device": cfg.device, "threads": cfg.threads}
+    backend = {"engine_dir": pbtxt_string(engine), "device": cfg.device}
     models = {
         "videoneva": {"infer_config": pbtxt_string(json.dumps(infer_config(cfg))),
                       "max_tokens_limit": cfg.max_tokens_limit, "max_media_bytes": cfg.max_media_bytes,
@@ -136,10 +137,10 @@ def render(cfg: ServeConfig, out_dir: str | Path) -> Path:
         "feature_cache": {"cache_bytes": cfg.cache_bytes},
         "preprocess": {"media_root": pbtxt_string(Path(cfg.media_root).resolve() if cfg.media_root else ""),
                        "preprocess_instances": cfg.preprocess_instances},
-        "vision_encoder": {**backend, "vision_instances": cfg.vision_instances,
+        "vision_encoder": {**backend, "threads": cfg.vision_threads, "vision_instances": cfg.vision_instances,
                            "vision_max_batch_frames": cfg.vision_max_batch_frames,
                            "vision_queue_delay_us": cfg.vision_queue_delay_us},
-        "llm": {**backend, "precision": cfg.trainer.precision, "llm_instances": cfg.llm_instances},
+        "llm": {**backend, "threads": cfg.threads, "precision": cfg.trainer.precision, "llm_instances": cfg.llm_instances},
     }
     return render_repository(out_dir, models)
 

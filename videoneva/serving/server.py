@@ -1,6 +1,6 @@
 """Start and stop a real `tritonserver` on a rendered model repository (CPU: the nvidia-pytriton wheel's).
 
-What the wheel's server needs on CPU (checked in ../shared/reference/FINDINGS.md): a backend
+What the wheel's server needs on CPU (docs/triton-python-backend.md): a backend
 directory `python/{libtriton_python.so, triton_python_backend_utils.py, triton_python_backend_stub}`
 with the stub for this interpreter's version; LD_LIBRARY_PATH starting with this interpreter's
 LIBDIR (else the stub loads the system libpython) and then the wheel's `nvidia_pytriton.libs`;
