@@ -1,9 +1,11 @@
 """The LLM for ONNX Runtime (llm.backend=onnx): one graph for the prefill and every decode step.
 
 The graph takes the KV cache as inputs and returns the grown cache, so one export serves a
-prompt of any length (P = 0) and each further token (S = 1). It is traced with S = 3 and P = 4, so
-that no branch taken only for one query or for an empty cache is frozen into the trace. The
-export is checked against torch at several (S, P) before it is accepted. Written in float32, the
+prompt of any length (P = 0) and each further token (S = 1), for one sequence or a batch of rows
+of different lengths (an attention mask marks each row's own cache columns; position ids give
+each row its positions). It is traced with B = 2, S = 3 and P = 4, so that no branch taken only
+for one row, one query or an empty cache is frozen into the trace. The export is checked against
+torch at several (B, S, P), ragged rows included, before it is accepted. Written in float32, the
 dtype a CPU runs fast.
 """
 from __future__ import annotations
@@ -23,84 +25,95 @@ from videoneva.runtime.onnx_backend import LLM_EMBEDDINGS, LLM_INPUTS, LLM_ONNX,
 
 log = logging.getLogger(__name__)
 
-PAST_AXIS, SEQ_AXIS, TOTAL_AXIS = "past", "seq", "total"
+BATCH_AXIS, PAST_AXIS, SEQ_AXIS, TOTAL_AXIS = "batch", "past", "seq", "total"
 
 
 class LlmStepModule(torch.nn.Module):
-    """(inputs_embeds [1, S, D], past_keys, past_values [layers, 1, kv_heads, P, head_dim]) →
-    (logits [1, vocab] of the last position, present_keys, present_values [.., P + S, ..])."""
+    """(inputs_embeds [B, S, D], past_keys, past_values [layers, B, kv_heads, P, head_dim],
+    attention_mask int64 [B, P + S], position_ids int64 [B, S]) → (logits [B, vocab] of the last
+    position, present_keys, present_values [.., P + S, ..])."""
 
     def __init__(self, lm: PreTrainedModel):
         super().__init__()
         self.lm = lm
         self.layers = int(lm.config.num_hidden_layers)
 
-    def forward(self, inputs_embeds, past_keys, past_values):
+    def forward(self, inputs_embeds, past_keys, past_values, attention_mask, position_ids):
         cache = DynamicCache()
         for i in range(self.layers):
             cache.update(past_keys[i], past_values[i], i)
         past, seq = past_keys.shape[3], inputs_embeds.shape[1]
-        positions = torch.arange(seq, device=inputs_embeds.device) + past  # (S,)
-        keys = torch.arange(past + seq, device=inputs_embeds.device)       # (P + S,)
-        # Batch 1 without padding: the causal mask with the cache's offset, built here as a 4D additive
-        # mask (transformers takes a 4D mask as given), a few ops instead of its mask machinery.
-        mask = torch.where(keys[None, :] <= positions[:, None], 0.0, torch.finfo(inputs_embeds.dtype).min)
-        out = self.lm(inputs_embeds=inputs_embeds, cache=cache, position_ids=positions[None],
-                      attention_mask=mask[None, None], use_cache=True, logits_to_keep=1)
+        columns = torch.arange(past + seq, device=inputs_embeds.device)        # (P + S,)
+        queries = torch.arange(seq, device=inputs_embeds.device) + past       # (S,) the new columns
+        # Causal over cache columns, and only a row's own columns: a 4D additive mask, built here
+        # (transformers takes a 4D mask as given), a few ops instead of its mask machinery.
+        allowed = (columns[None, None, :] <= queries[None, :, None]) & (attention_mask[:, None, :] > 0)  # (B, S, P + S)
+        mask = torch.where(allowed, 0.0, torch.finfo(inputs_embeds.dtype).min)
+        out = self.lm(inputs_embeds=inputs_embeds, cache=cache, position_ids=position_ids,
+                      attention_mask=mask[:, None], use_cache=True, logits_to_keep=1)
         layers = out.cache.layers
         # logits_to_keep=1: one position; index 0, as a negative index is unsafe in the exported Gather
         return (out.logits[:, 0], torch.stack([x.keys for x in layers]), torch.stack([x.values for x in layers]))
 
 
-def _cache_shape(config, past: int) -> tuple[int, ...]:
+def _cache_shape(config, rows: int, past: int) -> tuple[int, ...]:
     heads = int(config.num_attention_heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
-    return (int(config.num_hidden_layers), 1, int(getattr(config, "num_key_value_heads", None) or heads), past, head_dim)
+    return (int(config.num_hidden_layers), rows, int(getattr(config, "num_key_value_heads", None) or heads), past,
+            head_dim)
 
 
-def _real_inputs(lm: PreTrainedModel, seq: int, past: int, gen: torch.Generator):
-    """Embeddings of random token ids and the cache torch builds for `past` more random ids."""
+def _real_inputs(lm: PreTrainedModel, seq: int, past: int, gen: torch.Generator, rows: int = 1, holes: int = 0):
+    """Embeddings of random token ids and the cache torch builds for `past` more random ids, per row;
+    with holes > 0, row k's first k * holes cache columns are not its own (masked, as in a ragged batch)."""
     emb = lm.get_input_embeddings()
-    ids = torch.randint(0, lm.config.vocab_size, (1, past + seq), generator=gen)
+    ids = torch.randint(0, lm.config.vocab_size, (rows, past + seq), generator=gen)
     x = emb(ids)
+    mask = torch.ones(rows, past + seq, dtype=torch.long)
+    for k in range(rows):
+        mask[k, : min(k * holes, past)] = 0
+    positions = (mask.cumsum(1) - 1).clamp(min=0)[:, past:]
     if past == 0:
-        empty = torch.zeros(_cache_shape(lm.config, 0))
-        return x, empty, empty.clone()
+        empty = torch.zeros(_cache_shape(lm.config, rows, 0))
+        return x, empty, empty.clone(), mask, positions
     out = lm(inputs_embeds=x[:, :past], use_cache=True)
     keys = torch.stack([layer.keys for layer in out.cache.layers])
     values = torch.stack([layer.values for layer in out.cache.layers])
-    return x[:, past:], keys, values
+    return x[:, past:], keys, values, mask, positions
 
 
-def onnx_vs_torch(module: LlmStepModule, path: Path, cases: tuple[tuple[int, int], ...], seed: int = 0) -> float:
-    """Max |onnxruntime − torch| over logits and the returned cache, for each (S, P) in cases."""
+def onnx_vs_torch(module: LlmStepModule, path: Path, cases: tuple[tuple[int, int, int, int], ...], seed: int = 0) -> float:
+    """Max |onnxruntime − torch| over logits and the returned cache, for each (S, P, rows, holes) in cases."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(torch.get_num_threads(), 1)
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     gen, worst = torch.Generator().manual_seed(seed), 0.0
-    for seq, past in cases:
+    for seq, past, rows, holes in cases:
         with torch.inference_mode():
-            inputs = _real_inputs(module.lm, seq, past, gen)
+            inputs = _real_inputs(module.lm, seq, past, gen, rows, holes)
             ref = [t.numpy() for t in module(*inputs)]
         out = sess.run(list(LLM_OUTPUTS), dict(zip(LLM_INPUTS, (t.numpy() for t in inputs))))
         for name, a, b in zip(LLM_OUTPUTS, out, ref):
             if a.shape != b.shape:
-                raise ExportMismatch(f"{path}: S={seq}, P={past} gave {name} {a.shape}, torch gives {b.shape}")
+                raise ExportMismatch(f"{path}: S={seq}, P={past}, B={rows} gave {name} {a.shape}, torch gives {b.shape}")
             worst = max(worst, float(np.abs(a - b).max()))
     return worst
 
 
 def export_llm_onnx(lm: PreTrainedModel, out_dir: str | Path, opset: int = 17,
-                    check: tuple[tuple[int, int], ...] = ((9, 0), (1, 9), (1, 0), (4, 6)), atol: float = 1e-3) -> dict:
+                    check: tuple[tuple[int, int, int, int], ...] = ((9, 0, 1, 0), (1, 9, 1, 0), (1, 0, 1, 0), (4, 6, 1, 0),
+                                                                   (1, 7, 3, 2), (1, 5, 2, 0)),
+                    atol: float = 1e-3) -> dict:
     """Write out_dir/llm.onnx (prefill + decode step) and out_dir/embed_tokens.safetensors; check them.
 
     Args:
         lm: a causal LM (LlamaForCausalLM, MistralForCausalLM) in float32.
         out_dir: folder to write (engine_dir/llm/onnx).
         opset: ONNX opset.
-        check: (new positions S, cached positions P) pairs run through onnxruntime and torch.
+        check: (new positions S, cached positions P, rows B, holes) run through onnxruntime and torch; with
+            holes > 0, row k's first k·holes cache columns are masked (a ragged batch).
         atol: largest max-abs difference accepted (ExportMismatch above it).
 
     Returns:
@@ -120,9 +133,11 @@ def export_llm_onnx(lm: PreTrainedModel, out_dir: str | Path, opset: int = 17,
     out.mkdir(parents=True, exist_ok=True)
     module = LlmStepModule(lm.eval()).eval()
     with torch.inference_mode():
-        sample = _real_inputs(lm, 3, 4, torch.Generator().manual_seed(0))
-    axes = {LLM_INPUTS[0]: {1: SEQ_AXIS}, LLM_INPUTS[1]: {3: PAST_AXIS}, LLM_INPUTS[2]: {3: PAST_AXIS},
-            LLM_OUTPUTS[1]: {3: TOTAL_AXIS}, LLM_OUTPUTS[2]: {3: TOTAL_AXIS}}
+        sample = _real_inputs(lm, 3, 4, torch.Generator().manual_seed(0), rows=2, holes=1)
+    axes = {LLM_INPUTS[0]: {0: BATCH_AXIS, 1: SEQ_AXIS}, LLM_INPUTS[1]: {1: BATCH_AXIS, 3: PAST_AXIS},
+            LLM_INPUTS[2]: {1: BATCH_AXIS, 3: PAST_AXIS}, LLM_INPUTS[3]: {0: BATCH_AXIS, 1: TOTAL_AXIS},
+            LLM_INPUTS[4]: {0: BATCH_AXIS, 1: SEQ_AXIS}, LLM_OUTPUTS[0]: {0: BATCH_AXIS},
+            LLM_OUTPUTS[1]: {1: BATCH_AXIS, 3: TOTAL_AXIS}, LLM_OUTPUTS[2]: {1: BATCH_AXIS, 3: TOTAL_AXIS}}
     t0 = time.perf_counter()
     with torch.no_grad(), warnings.catch_warnings():
         # the TorchScript exporter: it traces the cache filled from input tensors as plain concats.

@@ -6,7 +6,7 @@ from typing import Optional
 
 import numpy as np
 import torch
-from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
+from transformers import DynamicCache, LlavaForConditionalGeneration, PreTrainedTokenizerBase
 from transformers.generation import (
     LogitsProcessorList,
     MinNewTokensLengthLogitsProcessor,
@@ -20,6 +20,7 @@ from transformers.generation import (
 from videoneva.generation import SamplingSettings, split_end_strings
 from videoneva.model.vision import VisionFeatures
 from videoneva.runtime.base import GenerationOutput, TokenCallback
+from videoneva.runtime.decode import KVBatch, Sequence
 
 MEMO_SIZE = 64  # distinct end-string sets remembered per LLM
 
@@ -43,12 +44,14 @@ class TorchVisionEncoder:
 
 
 class DecodeLoopLanguageModel:
-    """Batch-1 generation from ids + prompt table (fake ids ≥ vocab_size → prompt table rows).
+    """Generation from ids + prompt table (fake ids ≥ vocab_size → prompt table rows), one or many at once.
 
-    The token loop, logits processors and stop rules shared by the torch and ONNX Runtime LLMs; a
-    subclass supplies `_prefill` and `_step`, which run the network. `media_token_id` is any
-    in-vocabulary id that stands in for media positions in the ids the logits processors see
-    (the repetition penalty reads them).
+    The token loop, logits processors and stop rules shared by the torch and ONNX Runtime LLMs
+    (runtime/decode.py: a Sequence per request); a subclass supplies `_prefill` (one prompt) and
+    `_step` (one more position for every row of a KVBatch), which run the network. The in-flight
+    batcher (runtime/batching.py) steps many Sequences together through the same two calls.
+    `media_token_id` is any in-vocabulary id that stands in for media positions in the ids the
+    logits processors see (the repetition penalty reads them).
     """
 
     def __init__(self, embed_tokens: torch.nn.Embedding, text_config, tokenizer: PreTrainedTokenizerBase,
@@ -62,12 +65,12 @@ class DecodeLoopLanguageModel:
         self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
         self._end_split: dict[tuple[str, ...], tuple[list[int], list[str]]] = {}
 
-    def _prefill(self, embeds: torch.Tensor):
-        """(next-token logits [1, vocab] after embeds [1, L, D], state for _step)."""
+    def _prefill(self, embeds: torch.Tensor) -> tuple[torch.Tensor, KVBatch]:
+        """(next-token logits [1, vocab] after embeds [1, L, D], the prompt's cache as a one-row KVBatch)."""
         raise NotImplementedError
 
-    def _step(self, embeds: torch.Tensor, state):
-        """(next-token logits [1, vocab] after one more position embeds [1, 1, D], new state)."""
+    def _step(self, embeds: torch.Tensor, batch: KVBatch) -> torch.Tensor:
+        """Next-token logits [B, vocab] after one more position per row (embeds [B, 1, D]); appends to batch."""
         raise NotImplementedError
 
     def embed(self, input_ids: list[int], prompt_table: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,6 +105,15 @@ class DecodeLoopLanguageModel:
                 procs.append(TopPLogitsWarper(sampling.top_p))
         return procs
 
+    def end_split(self, end_strings: list[str]) -> tuple[list[int], list[str]]:
+        """(stop ids, stop texts) of a set of end strings, remembered: tokenizing them costs more than a step."""
+        ends = tuple(end_strings)
+        if ends not in self._end_split:
+            if len(self._end_split) >= MEMO_SIZE:  # requests choose their end strings: stay bounded
+                self._end_split.clear()
+            self._end_split[ends] = split_end_strings(self.tokenizer, list(ends))
+        return self._end_split[ends]
+
     def stop_string_criteria(self, texts: tuple[str, ...]) -> Optional[StopStringCriteria]:
         """Built once per set of end strings (it indexes the whole vocabulary)."""
         if not texts:
@@ -112,60 +124,32 @@ class DecodeLoopLanguageModel:
             self._stop_criteria[texts] = StopStringCriteria(self.tokenizer, list(texts))
         return self._stop_criteria[texts]
 
+    def sequence(self, input_ids: list[int], prompt_table: Optional[torch.Tensor], sampling: SamplingSettings,
+                 on_token: Optional[TokenCallback] = None) -> Sequence:
+        """A request's decoding state (ValueError for a prompt table that does not fit its ids)."""
+        return Sequence(self, input_ids, prompt_table, sampling, on_token)
+
     @torch.inference_mode()
     def generate(self, input_ids: list[int], prompt_table: Optional[torch.Tensor], sampling: SamplingSettings,
                  on_token: Optional[TokenCallback] = None) -> GenerationOutput:
-        """One request, batch 1: a prefill, then one cached step per token.
+        """One request on its own: a prefill, then one cached step per token.
 
         The same processors, token choice and stop rules as transformers' generate() (greedy and
-        seeded samples are identical to it, tests/runtime/test_parity.py), without its per-call
-        set-up, which costs more than this whole loop on a small model on CPU.
+        seeded samples are identical to it), without its per-call set-up, which costs more than
+        this whole loop on a small model on CPU.
         """
         t0 = time.perf_counter()
-        embeds, ids = self.embed(input_ids, prompt_table)
-        ends = tuple(sampling.end_strings)
-        if ends not in self._end_split:  # tokenizing the end strings costs more than a decode step here
-            if len(self._end_split) >= MEMO_SIZE:  # requests choose their end strings: stay bounded
-                self._end_split.clear()
-            self._end_split[ends] = split_end_strings(self.tokenizer, list(ends))
-        stop_ids, stop_texts = self._end_split[ends]
-        procs = self.logits_processors(sampling, stop_ids, ids.shape[1])
-        stop_text = self.stop_string_criteria(tuple(stop_texts))
-        if sampling.seed is not None and not sampling.greedy:
-            torch.manual_seed(sampling.seed)
-        new: list[int] = []
-        raw: list[torch.Tensor] = []
-        finish = "length"
-        step = self._prefill(embeds) if sampling.max_tokens else None
-        while step is not None:
-            logits, state = step
-            logits = logits.float()  # (1, vocab)
-            if sampling.return_log_probs:
-                raw.append(logits[0])
-            scores = logits
-            for proc in procs:  # LogitsProcessorList's own call inspects signatures at every step
-                scores = proc(ids, scores)
-            nxt = torch.multinomial(scores.softmax(-1), 1)[:, 0] if not sampling.greedy else scores.argmax(-1)
-            ids = torch.cat([ids, nxt[:, None]], dim=-1)
-            tid = int(nxt)
-            new.append(tid)
-            if on_token is not None:
-                on_token(tid)
-            if tid in stop_ids or (stop_text is not None and bool(stop_text(ids, logits)[0])):
-                finish = "stop"
-                break
-            if len(new) >= sampling.max_tokens:
-                break
-            step = self._step(self.embed_tokens(nxt[:, None]), state)
-        logprobs = None
-        if sampling.return_log_probs:
-            steps = torch.stack(raw).log_softmax(-1) if raw else torch.zeros(0, self.vocab_size, device=self.device)
-            chosen = torch.tensor(new, dtype=torch.long, device=steps.device)
-            logprobs = steps.gather(1, chosen[:, None])[:, 0].tolist()
-        if new and new[-1] in stop_ids:
-            new = new[:-1]
-            logprobs = logprobs[: len(new)] if logprobs is not None else None
-        return GenerationOutput(new, finish, logprobs, {"generate_s": time.perf_counter() - t0})
+        seq = self.sequence(input_ids, prompt_table, sampling, on_token)
+        if not seq.done:
+            logits, batch = self._prefill(seq.embeds)
+            while True:
+                tid = seq.choose(logits)
+                if seq.done:
+                    break
+                logits = self._step(self.embed_tokens(torch.tensor([[tid]], device=self.device)), batch)
+        out = seq.output()
+        out.timings["generate_s"] = time.perf_counter() - t0
+        return out
 
 
 class TorchLanguageModel(DecodeLoopLanguageModel):
@@ -182,11 +166,24 @@ class TorchLanguageModel(DecodeLoopLanguageModel):
 
     def _prefill(self, embeds):
         out = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1], out.cache
+        layers = out.cache.layers
+        return out.logits[:, -1], KVBatch.single([x.keys for x in layers] + [x.values for x in layers], 0, 2)
 
-    def _step(self, embeds, state):
-        out = self.model(inputs_embeds=embeds, cache=state, use_cache=True)
-        return out.logits[:, -1], out.cache
+    def _step(self, embeds, batch: KVBatch):
+        n = len(batch.tensors) // 2
+        cache = DynamicCache()
+        for i in range(n):
+            cache.update(batch.tensors[i], batch.tensors[n + i], i)
+        if batch.rows == 1 and bool(batch.valid.all()):  # one sequence without holes: the plain causal step
+            out = self.model(inputs_embeds=embeds, cache=cache, use_cache=True)
+        else:  # rows of different lengths: their holes masked, each at its own position
+            mask = torch.zeros(batch.step_mask().shape, dtype=embeds.dtype, device=embeds.device)
+            mask.masked_fill_(~batch.step_mask().to(embeds.device), torch.finfo(embeds.dtype).min)
+            out = self.model(inputs_embeds=embeds, cache=cache, attention_mask=mask[:, None, None, :],
+                             position_ids=batch.positions[:, None].to(embeds.device), use_cache=True)
+        layers = out.cache.layers
+        batch.appended([x.keys for x in layers] + [x.values for x in layers])
+        return out.logits[:, -1]
 
     @torch.inference_mode()
     def logits(self, input_ids: list[int], prompt_table: Optional[torch.Tensor]) -> torch.Tensor:

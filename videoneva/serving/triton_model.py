@@ -59,7 +59,12 @@ def send_final(sender, resp) -> None:
 
 
 class Call:
-    """What a handler sees of its request: send() a streamed response, cancelled()."""
+    """What a handler sees of its request: send() a streamed response, cancelled().
+
+    A handler with `start(inputs, call, finish)` instead of `__call__` answers later from any
+    thread: finish(outputs) or finish(exception) sends the final response (the llm model's
+    in-flight batcher does so).
+    """
 
     def __init__(self, sender):
         self.sender = sender
@@ -216,6 +221,8 @@ class TritonPythonModel:
                 continue
             if hasattr(self.handler, "batch"):
                 self.inbox.put((inputs, sender))
+            elif hasattr(self.handler, "start"):
+                self.worker.submit(lambda inputs=inputs, sender=sender: self._start(inputs, sender))
             else:
                 self.worker.submit(lambda inputs=inputs, sender=sender: self._one(inputs, sender))
         if hasattr(self.handler, "batch"):
@@ -228,6 +235,15 @@ class TritonPythonModel:
         except Exception as exc:  # noqa: BLE001  one bad request never fails the others
             resp = pb_utils.InferenceResponse(output_tensors=[], error=error_of(exc))
         self._finish(sender, resp)
+
+    def _start(self, inputs: dict, sender) -> None:
+        def finish(out) -> None:
+            self._finish(sender, pb_utils.InferenceResponse(output_tensors=[], error=error_of(out))
+                         if isinstance(out, BaseException) else response(out))
+        try:
+            self.handler.start(inputs, Call(sender), finish)
+        except Exception as exc:  # noqa: BLE001  refused before it started
+            finish(exc)
 
     def _drain(self) -> None:
         """Every request queued so far, in one handler.batch call (a later _drain may find none)."""
