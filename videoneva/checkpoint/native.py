@@ -116,9 +116,23 @@ def save_checkpoint(model: LlavaForConditionalGeneration, tokenizer: PreTrainedT
     return out
 
 
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """AutoTokenizer, or videoneva's NeMo SentencePiece tokenizer where tokenizer_config.json names it.
+
+    Args:
+        path: a directory written by a tokenizer's save_pretrained.
+    """
+    cfg = Path(path) / "tokenizer_config.json"
+    if cfg.is_file() and json.loads(cfg.read_text()).get("tokenizer_class") == "NemoSentencePieceTokenizer":
+        from videoneva.checkpoint.nemo_tokenizer import NemoSentencePieceTokenizer
+
+        return NemoSentencePieceTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)
+
+
 def _load_tokenizer(path: Path, config: LlavaConfig) -> PreTrainedTokenizerBase:
     try:
-        tok = AutoTokenizer.from_pretrained(path)
+        tok = load_tokenizer(path)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot load the tokenizer: {exc}") from None
     image_id = config.image_token_id
