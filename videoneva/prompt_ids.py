@@ -43,9 +43,12 @@ def media_spec_of(tokenizer) -> Optional[dict]:
 
 
 def single_token_id(tokenizer, token: str) -> Optional[int]:
-    """The id of `token` when the tokenizer encodes it as exactly that one token, else None."""
-    ids = _encode(tokenizer, token, False)[0]
-    return ids[0] if len(ids) == 1 and tokenizer.convert_ids_to_tokens(ids[0]) == token else None
+    """The id of `token` when encoding the text `token` yields that id (a SentencePiece tokenizer may put its
+    dummy "▁" first), else None."""
+    tid = tokenizer.convert_tokens_to_ids(token)
+    if tid is None or tid == tokenizer.unk_token_id:
+        return None
+    return tid if _encode(tokenizer, token, False)[0].count(tid) == 1 else None
 
 
 @dataclass

@@ -207,6 +207,7 @@ def _load_nemo(p: Path, dtype: torch.dtype, base_model_file, vision_tower) -> Lo
         conv_template=s.get("conv_template", "nvgpt"), media_type=s.get("media_type", "video"),
         num_frames=int(s.get("num_frames", 8)), splice_single_frame=s.get("splice_single_frame"),
         image_aspect_ratio=s.get("image_aspect_ratio", "square"), model_id=p.stem,
+        image_mean=tuple(s.get("image_mean", CLIP_MEAN)), image_std=tuple(s.get("image_std", CLIP_STD)),
         source={"kind": "nemo", "neva_model_file": str(p), "base_model_file": str(base_model_file) if base_model_file else None},
     )
     return LoadedCheckpoint(model, imported.tokenizer, settings, str(p), "nemo")
