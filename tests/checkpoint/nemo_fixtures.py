@@ -76,3 +76,19 @@ def assert_logits(reference_model, imported, atol=1e-5):
         want = reference_model(input_ids=ids, pixel_values=pixels).logits
         got = model(input_ids=ids, pixel_values=pixels).logits
     torch.testing.assert_close(got, want, rtol=0, atol=atol)
+
+
+def stock_neva_archive(tmp_path, neva_sp_model, **over):
+    """(reference Llava, path): neva_config.yaml as shipped (legacy llama_2, fused fast-swiglu, megatron_amp_O2),
+    finetuned LLM, frozen tower in a local CLIP dir, the NeVA SentencePiece tokenizer (420 + 8 extra_ids,
+    vocabulary padded to 512)."""
+    from nemo_writer import amp_o2, llm_to_nemo, neva_to_nemo, stock_config, write_nemo
+
+    ref = reference(adapter="linear")
+    hf = ref.state_dict()
+    model, files = sp_artifact(neva_sp_model)
+    cfg = stock_config(False, SIZES, **{"mm_cfg.llm.freeze": False, "tokenizer.model": model,
+                                        "mm_cfg.vision_encoder.from_pretrained": clip_dir(ref, tmp_path / "clip"),
+                                        **over})
+    weights = amp_o2({**llm_to_nemo(hf, 4, 4, mcore=False), **neva_to_nemo(hf, False, "linear", False)})
+    return ref, write_nemo(tmp_path / "neva.nemo", cfg, weights, files)

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "videoneva.json"
 FORMAT_VERSION = 1
-SUPPORTED_TEXT_MODELS = ("llama", "mistral")
+SUPPORTED_TEXT_MODELS = ("llama", "mistral", "nemotron")  # nemotron: NeMo nvgpt (Video NeVA stock)
 SUPPORTED_VISION_MODELS = ("clip_vision_model",)
 DTYPES = {"32": torch.float32, "16": torch.float16, "bf16": torch.bfloat16}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -29,10 +29,10 @@ RULES = ("2.1", "2.2")  # NeMo releases up to 2.1 | 2.2 and later
 _ROLES = ("bos_token", "eos_token", "unk_token", "pad_token")
 
 
-def _processor(path: str):
+def _processor(model: bytes):
     import sentencepiece as spm
 
-    return spm.SentencePieceProcessor(model_file=path)
+    return spm.SentencePieceProcessor(model_proto=model)
 
 
 class NemoSentencePieceTokenizer(PreTrainedTokenizer):
@@ -52,7 +52,8 @@ class NemoSentencePieceTokenizer(PreTrainedTokenizer):
     def __init__(self, vocab_file: str, nemo_legacy: bool = True, nemo_split_tokens: Optional[list] = None,
                  nemo_trim_separator: bool = False, nemo_media: Optional[dict] = None, **kwargs):
         self.vocab_file = str(vocab_file)
-        self.sp = _processor(self.vocab_file)
+        self.model_bytes = Path(vocab_file).read_bytes()  # kept: an import's temporary file does not outlive it
+        self.sp = _processor(self.model_bytes)
         self.nemo_legacy = bool(nemo_legacy)
         self.nemo_split_tokens = [[str(t), int(i)] for t, i in (nemo_split_tokens or [])]
         self.nemo_trim_separator = bool(nemo_trim_separator)
@@ -178,8 +179,7 @@ class NemoSentencePieceTokenizer(PreTrainedTokenizer):
 
     def save_vocabulary(self, save_directory: str, filename_prefix: Optional[str] = None) -> tuple[str]:
         out = Path(save_directory) / ((filename_prefix + "-" if filename_prefix else "") + "tokenizer.model")
-        if Path(self.vocab_file).resolve() != out.resolve():
-            out.write_bytes(Path(self.vocab_file).read_bytes())
+        out.write_bytes(self.model_bytes)
         return (str(out),)
 
 
@@ -200,7 +200,7 @@ def build_sentencepiece_tokenizer(model_path: Path, tcfg: dict, rules: str = "2.
     """
     if rules not in RULES:
         raise ValueError(f"tokenizer rules must be one of {list(RULES)}, got {rules!r}")
-    sp = _processor(str(model_path))
+    sp = _processor(Path(model_path).read_bytes())
     legacy = sentencepiece_legacy(tcfg)
     mapping = tcfg.get("special_tokens") or {} if rules == "2.2" else {}
     extra = list(tcfg.get("additional_special_tokens") or [])

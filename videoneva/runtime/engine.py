@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from transformers import AutoTokenizer, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
-from videoneva.checkpoint.native import CheckpointSettings, DTYPES
+from videoneva.checkpoint.native import CheckpointSettings, DTYPES, load_tokenizer
 from videoneva.config import InferConfig
 from videoneva.errors import CheckpointError, ConfigError
 from videoneva.media.settings import MediaSettings
@@ -178,7 +178,7 @@ def engine_settings(d: Path, cfg: InferConfig) -> tuple[dict, dict, PipelineSett
     """
     manifest, media = read_engine_dir(d)
     s = CheckpointSettings.from_dict(media["settings"])
-    tok = AutoTokenizer.from_pretrained(d / "tokenizer")
+    tok = load_tokenizer(d / "tokenizer")  # AutoTokenizer, or the NeMo SentencePiece tokenizer
     dd = cfg.data
     if dd.frame_token_pool not in (None, s.frame_token_pool):
         raise ConfigError(f"data.frame_token_pool={dd.frame_token_pool}: this engine was built with "

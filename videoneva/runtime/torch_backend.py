@@ -24,6 +24,15 @@ from videoneva.runtime.base import GenerationOutput, TokenCallback
 MEMO_SIZE = 64  # distinct end-string sets remembered per LLM
 
 
+def mask_padded_vocab(logits: torch.Tensor, limit: int) -> torch.Tensor:
+    """-inf at ids >= limit (the tokenizer's size): NeMo pads the LLM's vocabulary past its tokenizer
+    (make_vocab_size_divisible_by × TP) and masks those rows when generating (text_generation_utils.py);
+    no tokenizer can decode them."""
+    if limit < logits.shape[-1]:
+        logits[..., limit:] = float("-inf")
+    return logits
+
+
 class TorchVisionEncoder:
     """VisionFeatures of a Llava model: frames [F, 3, H, W] → [F, T, D_llm]."""
 
@@ -57,6 +66,7 @@ class DecodeLoopLanguageModel:
         self.vocab_size, self.hidden_size = text_config.vocab_size, text_config.hidden_size
         self.max_context = int(text_config.max_position_embeddings)
         self.image_token_id = media_token_id
+        self.vocab_limit = min(self.vocab_size, len(tokenizer))  # ids past the tokenizer: see mask_padded_vocab
         w = embed_tokens.weight
         self.device, self.dtype = w.device, w.dtype
         self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
@@ -139,7 +149,7 @@ class DecodeLoopLanguageModel:
         step = self._prefill(embeds) if sampling.tokens_to_generate else None
         while step is not None:
             logits, state = step
-            logits = logits.float()  # (1, vocab)
+            logits = mask_padded_vocab(logits.float(), self.vocab_limit)  # (1, vocab)
             if sampling.all_probs:
                 raw.append(logits[0])
             scores = logits
