@@ -157,7 +157,7 @@ def _load_hf_dir(path: Path, dtype: torch.dtype) -> tuple[LlavaForConditionalGen
 
 
 def load_checkpoint(path: str | Path, precision: str = "32", base_model_file: str | Path | None = None,
-                    vision_tower: str | Path | None = None) -> LoadedCheckpoint:
+                    vision_tower: str | Path | None = None, tokenizer_rules: str = "2.1") -> LoadedCheckpoint:
     """Load any supported checkpoint into a transformers Llava model.
 
     Args:
@@ -165,13 +165,15 @@ def load_checkpoint(path: str | Path, precision: str = "32", base_model_file: st
         precision: "32" | "16" | "bf16".
         base_model_file: NeMo GPT `.nemo` with the LLM when `path` holds only the projector.
         vision_tower: local HF CLIP dir for `.nemo` archives that do not carry the tower.
+        tokenizer_rules: "2.1" | "2.2", NeMo's SentencePiece special-token rules for a `.nemo`
+            (videoneva/checkpoint/nemo_tokenizer.py).
     """
     p = Path(path)
     dtype = DTYPES[precision]
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p}")
     if p.is_file() and (p.suffix == ".nemo" or p.name.endswith((".nemo.tar", ".tar", ".tar.gz"))):
-        return _load_nemo(p, dtype, base_model_file, vision_tower)
+        return _load_nemo(p, dtype, base_model_file, vision_tower, tokenizer_rules)
     if base_model_file is not None:
         raise CheckpointError("base_model_file is only used with a projector-only NeMo .nemo neva_model_file")
     if not p.is_dir():
@@ -192,10 +194,11 @@ def load_checkpoint(path: str | Path, precision: str = "32", base_model_file: st
     return LoadedCheckpoint(model, tok, settings, str(p), kind)
 
 
-def _load_nemo(p: Path, dtype: torch.dtype, base_model_file, vision_tower) -> LoadedCheckpoint:
+def _load_nemo(p: Path, dtype: torch.dtype, base_model_file, vision_tower, tokenizer_rules: str) -> LoadedCheckpoint:
     from videoneva.checkpoint.nemo import import_nemo
 
-    imported = import_nemo(p, base_model_file=base_model_file, vision_tower=vision_tower)
+    imported = import_nemo(p, base_model_file=base_model_file, vision_tower=vision_tower,
+                           tokenizer_rules=tokenizer_rules)
     check_llava_config(imported.config, str(p))
     # Built on CPU, not on the meta device: RoPE's inv_freq is a non-persistent buffer that the
     # state dict does not carry.
