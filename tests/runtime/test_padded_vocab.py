@@ -13,10 +13,13 @@ EXTRA = 64
 @pytest.fixture(scope="module")
 def padded(tiny_tokenizer):
     """The tiny model with 64 padded rows whose logits beat every real token's."""
-    from conftest import make_tiny_llava
+    from dataclasses import replace
 
-    model = make_tiny_llava(tiny_tokenizer, seed=3)
+    from videoneva.model.factory import TINY, new_llava
+
     n = len(tiny_tokenizer)
+    model = new_llava(replace(TINY, vocab_size=n, image_size=56), tiny_tokenizer.convert_tokens_to_ids("<image>"),
+                      eos_token_id=tiny_tokenizer.eos_token_id, seed=3)
     model.resize_token_embeddings(n + EXTRA, mean_resizing=False)
     with torch.no_grad():
         model.lm_head.weight[n:] = 50 * model.lm_head.weight[:EXTRA].sign()  # large logits at padded ids
