@@ -260,12 +260,13 @@ def feature_cache(args) -> dict:
     cfg = load_config(InferConfig, [f"engine_dir={eng}", f"inference.media_base_path={prompts.parent}", "device=cpu"])
     pipe = pipeline_from_engine_dir(eng, cfg, cache_bytes=256 * 2**20)
     miss, hit = [], []
-    pipe.features(Request("warm-up", "video", clips[0]))
-    pipe.cache = type(pipe.cache)(256 * 2**20)
+    pipe.flow.features(Request("warm-up", "video", clips[0]))
+    stages = pipe.flow.stages
+    stages.cache = type(stages.cache)(256 * 2**20)
     for c in clips:
         for lst in (miss, hit, hit):
             t = time.perf_counter()
-            _, meta = pipe.features(Request("q", "video", c))
+            meta = pipe.flow.features(Request("q", "video", c)).meta
             lst.append(time.perf_counter() - t)
             assert meta["cache"] == ("miss" if lst is miss else "hit")
     m, h = Stats.of(miss), Stats.of(hit)

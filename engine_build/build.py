@@ -184,6 +184,10 @@ def build(cfg: BuildConfig) -> dict:
         raise ConfigError(f"output {out} already exists; pass overwrite=true to replace it")
     t0 = time.perf_counter()
     ckpt = load_checkpoint(cfg.checkpoint, "32", cfg.base_model_file, cfg.vision_tower)
+    if len(ckpt.tokenizer) < ckpt.model.config.text_config.vocab_size:
+        # Rows past the tokenizer (NeMo's vocabulary padding) leave every engine; TensorRT-LLM masks its own
+        # padding past the checkpoint's vocab_size (cpp/tensorrt_llm/kernels/penaltyKernels.cu).
+        ckpt.model.resize_token_embeddings(len(ckpt.tokenizer))
     plan = plan_build(cfg, ckpt)  # every check that can fail fast happens here
     precision = cfg.trainer.precision
     trt_dtype = {"32": "float32", "16": "float16", "bf16": "bfloat16"}[precision]

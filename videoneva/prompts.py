@@ -1,19 +1,19 @@
-"""Prompt rendering, training spans, media-token tokenization and CLEAN RESPONSE extraction (templates.py's logic)."""
+"""Prompt rendering, training spans and CLEAN RESPONSE extraction (templates.py's logic); tokenization is
+prompt_ids.py's, re-exported here."""
 # The training dataloader, the in-process pipeline and the Triton models all call these functions,
 # so they agree on prompts, on which characters carry loss and on where the media positions are.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Optional
 
 from videoneva.errors import PromptError
+from videoneva.prompt_ids import IGNORE_INDEX, MEDIA_RE as _MEDIA_RE, MEDIA_TOKENS, TokenizedPrompt, tokenize_with_media
 from videoneva.templates import TEMPLATES, Template
 
-MEDIA_TOKENS = {"image": "<image>", "video": "<video>"}
-IGNORE_INDEX = -100  # labels of positions without loss (NeMo uses -1; -100 is what torch/transformers ignore)
+__all__ = ["IGNORE_INDEX", "MEDIA_TOKENS", "TokenizedPrompt", "tokenize_with_media", "render_prompt",
+           "render_conversation", "clean_response", "stop_strings", "special_tokens", "num_media_tokens"]
 INSERT_CHOICES = ("left", "right", None)
-_MEDIA_RE = re.compile("|".join(re.escape(t) for t in MEDIA_TOKENS.values()))
 _USER_ROLES = ("human", "user")
 _ASSISTANT_ROLES = ("gpt", "assistant")
 
@@ -247,63 +247,3 @@ def num_media_tokens(num_frames: int, image_token_len: int) -> int:
     if num_frames < 1 or image_token_len < 1:
         raise PromptError(f"num_frames and image_token_len must be >= 1, got {num_frames} and {image_token_len}")
     return num_frames * image_token_len
-
-
-@dataclass
-class TokenizedPrompt:
-    """Token ids of a prompt with its media positions; labels only when loss spans were given."""
-
-    input_ids: list[int]
-    media_positions: list[int] = field(default_factory=list)  # indices into input_ids, contiguous
-    labels: Optional[list[int]] = None                         # same length as input_ids; IGNORE_INDEX = no loss
-
-
-def tokenize_with_media(tokenizer, prompt: str, num_media_tokens: int, media_token_id: int, add_bos: bool,
-                        spans: Optional[list[tuple[int, int]]] = None) -> TokenizedPrompt:
-    """Tokenize the text around its media token and put num_media_tokens media ids where it stood.
-
-    A prompt holds one media item at most: more than one <image>/<video> token is an error, as is a
-    media item without a token (set insert_media_token) or a token without a media item. Each text
-    piece is tokenized on its own, so the tokenizer needs no media token of its own.
-
-    Args:
-        tokenizer: a fast tokenizer (offsets are needed when spans are given).
-        prompt: rendered text.
-        num_media_tokens: positions of the media item (see num_media_tokens()); 0 = no media.
-        media_token_id: id written at media positions (callers may swap them for fake ids).
-        add_bos: prepend the tokenizer's BOS id, unless the text already starts with the BOS token
-            (mistral, llama_3 carry their own).
-        spans: character spans of the prompt that carry loss; labels are then the ids inside a span
-            (a token that overlaps a span, e.g. " red" for an answer "red") and IGNORE_INDEX elsewhere.
-    """
-    found = list(_MEDIA_RE.finditer(prompt))
-    if len(found) > 1:
-        raise PromptError(f"more media tokens than media items: the prompt holds {len(found)} media tokens "
-                          f"({', '.join(m.group() for m in found)}) and one media item is supported per prompt")
-    if num_media_tokens and not found:
-        raise PromptError("the prompt has no <video>/<image> token for its media; put one in the text or set "
-                          "inference.insert_media_token=left|right")
-    if found and not num_media_tokens:
-        raise PromptError(f"the prompt holds {found[0].group()} but its line has no media (0 media positions)")
-    cut = [(0, found[0].start()), (found[0].end(), len(prompt))] if found else [(0, len(prompt))]
-    ids, labels, media_positions = [], [], []
-    bos = getattr(tokenizer, "bos_token", None)
-    if add_bos and not (bos and prompt.startswith(bos)):
-        if tokenizer.bos_token_id is None:
-            raise PromptError("inference.add_BOS=true but the tokenizer has no BOS token")
-        ids.append(tokenizer.bos_token_id)
-        labels.append(IGNORE_INDEX)
-    for k, (start, end) in enumerate(cut):
-        if k == 1:  # where the media token stood
-            media_positions = list(range(len(ids), len(ids) + num_media_tokens))
-            ids.extend([media_token_id] * num_media_tokens)
-            labels.extend([IGNORE_INDEX] * num_media_tokens)
-        if start == end:
-            continue
-        enc = tokenizer(prompt[start:end], add_special_tokens=False, return_offsets_mapping=spans is not None)
-        ids.extend(enc["input_ids"])
-        if spans is not None:
-            for tid, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]):
-                inside = any(a + start < e and b + start > s for s, e in spans)
-                labels.append(tid if inside else IGNORE_INDEX)
-    return TokenizedPrompt(ids, media_positions, labels if spans is not None else None)

@@ -24,6 +24,8 @@ class ConvertConfig:
     conv_template: Optional[str] = _help("override the conversation template", default=None)
     num_frames: Optional[int] = _help("override frames per video", default=None)
     model_id: Optional[str] = _help("model id recorded in videoneva.json", default=None)
+    nemo_tokenizer_rules: str = _help("2.1 | 2.2: NeMo release rules for a legacy SentencePiece tokenizer's added "
+                                      "tokens (see docs/nemo-checkpoints.md)", default="2.1")
 
 
 def main(argv: list[str]) -> int:
@@ -36,7 +38,9 @@ def main(argv: list[str]) -> int:
     out = Path(cfg.output)
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise ConfigError(f"output {out} exists and is not empty; pass overwrite=true to replace it")
-    ckpt = load_checkpoint(cfg.neva_model_file, "32", cfg.base_model_file, cfg.vision_tower)
+    if cfg.nemo_tokenizer_rules not in ("2.1", "2.2"):
+        raise ConfigError(f"nemo_tokenizer_rules must be 2.1 or 2.2, got {cfg.nemo_tokenizer_rules!r}")
+    ckpt = load_checkpoint(cfg.neva_model_file, "32", cfg.base_model_file, cfg.vision_tower, cfg.nemo_tokenizer_rules)
     s = ckpt.settings
     updates = {k: v for k, v in (("conv_template", cfg.conv_template), ("num_frames", cfg.num_frames),
                                    ("model_id", cfg.model_id)) if v is not None}

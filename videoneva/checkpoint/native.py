@@ -21,7 +21,7 @@ from videoneva.media.settings import CLIP_MEAN, CLIP_STD  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_TEXT_MODELS = ("llama", "mistral")
+SUPPORTED_TEXT_MODELS = ("llama", "mistral", "nemotron")  # nemotron: NeMo nvgpt (Video NeVA stock)
 SUPPORTED_VISION_MODELS = ("clip_vision_model",)
 DTYPES = {"32": torch.float32, "16": torch.float16, "bf16": torch.bfloat16}
 
@@ -83,9 +83,23 @@ def save_checkpoint(model: LlavaForConditionalGeneration, tokenizer: PreTrainedT
     return out
 
 
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """AutoTokenizer, or videoneva's NeMo SentencePiece tokenizer where tokenizer_config.json names it.
+
+    Args:
+        path: a directory written by a tokenizer's save_pretrained.
+    """
+    cfg = Path(path) / "tokenizer_config.json"
+    if cfg.is_file() and json.loads(cfg.read_text()).get("tokenizer_class") == "NemoSentencePieceTokenizer":
+        from videoneva.checkpoint.nemo_tokenizer import NemoSentencePieceTokenizer
+
+        return NemoSentencePieceTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)
+
+
 def _load_tokenizer(path: Path, config: LlavaConfig) -> PreTrainedTokenizerBase:
     try:
-        tok = AutoTokenizer.from_pretrained(path)
+        tok = load_tokenizer(path)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot load the tokenizer: {exc}") from None
     image_id = config.image_token_id
@@ -110,7 +124,7 @@ def _load_hf_dir(path: Path, dtype: torch.dtype) -> tuple[LlavaForConditionalGen
 
 
 def load_checkpoint(path: str | Path, precision: str = "32", base_model_file: str | Path | None = None,
-                    vision_tower: str | Path | None = None) -> LoadedCheckpoint:
+                    vision_tower: str | Path | None = None, tokenizer_rules: str = "2.1") -> LoadedCheckpoint:
     """Load any supported checkpoint into a transformers Llava model.
 
     Args:
@@ -118,13 +132,15 @@ def load_checkpoint(path: str | Path, precision: str = "32", base_model_file: st
         precision: "32" | "16" | "bf16".
         base_model_file: NeMo GPT `.nemo` with the LLM when `path` holds only the projector.
         vision_tower: local HF CLIP dir for `.nemo` archives that do not carry the tower.
+        tokenizer_rules: "2.1" | "2.2", NeMo's SentencePiece special-token rules for a `.nemo`
+            (videoneva/checkpoint/nemo_tokenizer.py).
     """
     p = Path(path)
     dtype = DTYPES[precision]
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p}")
     if p.is_file() and (p.suffix == ".nemo" or p.name.endswith((".nemo.tar", ".tar", ".tar.gz"))):
-        return _load_nemo(p, dtype, base_model_file, vision_tower)
+        return _load_nemo(p, dtype, base_model_file, vision_tower, tokenizer_rules)
     if base_model_file is not None:
         raise CheckpointError("base_model_file is only used with a projector-only NeMo .nemo neva_model_file")
     if not p.is_dir():
@@ -145,10 +161,11 @@ def load_checkpoint(path: str | Path, precision: str = "32", base_model_file: st
     return LoadedCheckpoint(model, tok, settings, str(p), kind)
 
 
-def _load_nemo(p: Path, dtype: torch.dtype, base_model_file, vision_tower) -> LoadedCheckpoint:
+def _load_nemo(p: Path, dtype: torch.dtype, base_model_file, vision_tower, tokenizer_rules: str) -> LoadedCheckpoint:
     from videoneva.checkpoint.nemo import import_nemo
 
-    imported = import_nemo(p, base_model_file=base_model_file, vision_tower=vision_tower)
+    imported = import_nemo(p, base_model_file=base_model_file, vision_tower=vision_tower,
+                           tokenizer_rules=tokenizer_rules)
     check_llava_config(imported.config, str(p))
     # Built on CPU, not on the meta device: RoPE's inv_freq is a non-persistent buffer that the
     # state dict does not carry.
@@ -160,6 +177,7 @@ def _load_nemo(p: Path, dtype: torch.dtype, base_model_file, vision_tower) -> Lo
         conv_template=s.get("conv_template", "nvgpt"), media_type=s.get("media_type", "video"),
         num_frames=int(s.get("num_frames", 8)), splice_single_frame=s.get("splice_single_frame"),
         image_aspect_ratio=s.get("image_aspect_ratio", "square"), model_id=p.stem,
+        image_mean=tuple(s.get("image_mean", CLIP_MEAN)), image_std=tuple(s.get("image_std", CLIP_STD)),
         source={"kind": "nemo", "neva_model_file": str(p), "base_model_file": str(base_model_file) if base_model_file else None},
     )
     return LoadedCheckpoint(model, imported.tokenizer, settings, str(p), "nemo")

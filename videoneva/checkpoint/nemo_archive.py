@@ -1,14 +1,16 @@
 """Read a NeMo `.nemo` (tar, gzipped tar or extracted folder): config, artifacts, and weights with
-tensor-parallel (mp_rank_XX), pipeline-parallel (tp_rank_XX_pp_rank_YYY) and torch_dist shards merged.
+tensor-parallel (mp_rank_XX), pipeline-parallel (tp_rank_XX_pp_rank_YYY) and distributed-checkpoint
+(`model_weights/`, torch_dist or zarr: nemo_dist.py) shards merged.
 
-Weights come back under mcore names without the `model.` prefix (legacy NeMo GPT names renamed), as
-in NVIDIA/NeMo nemo/collections/nlp/parts/nlp_overrides.py (NLPSaveRestoreConnector.save_to: tar "w:"
-of a folder with arcname ".") and megatron-core dist_checkpointing/strategies/torch.py.
+Weights come back under mcore names without the `model.` prefix (legacy NeMo GPT names renamed). The
+archive layout is NVIDIA/NeMo nemo/collections/nlp/parts/nlp_overrides.py (NLPSaveRestoreConnector.save_to:
+tar "w:" of a folder with arcname "."); the shard layout examples/nlp/language_modeling/
+megatron_change_num_partitions.py (column-parallel on dim 0, row-parallel on dim 1, a fused GLU as
+[gate_r; up_r] per rank).
 """
 from __future__ import annotations
 
 import io
-import json
 import re
 import shutil
 import tarfile
@@ -20,12 +22,12 @@ import torch
 import yaml
 
 from videoneva.checkpoint import nemo_keys as K
+from videoneva.checkpoint.nemo_dist import read_distributed
 from videoneva.errors import CheckpointError
 
 CONFIG_NAME = "model_config.yaml"
 WEIGHTS_NAME = "model_weights.ckpt"
 LAYER_RE = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
-_STACKED_RE = re.compile(r"^decoder\.layers\.(?!\d+\.)(.+)$")  # dist ckpt: [num_layers, ...] tensors
 _MP_RE = re.compile(r"^mp_rank_(\d+)/model_weights\.ckpt$")
 _TP_PP_RE = re.compile(r"^tp_rank_(\d+)_pp_rank_(\d+)/model_weights\.ckpt$")
 
@@ -107,9 +109,10 @@ class NemoArchive:
 
     def weights(self, cfg: dict, tmp: Path) -> dict[str, torch.Tensor]:
         """All weights with normalised mcore names, tensor- and pipeline-parallel shards merged."""
-        gated = cfg_get(cfg, "activation", "gelu") in K.SUPPORTED_LLM["activation"]
+        activation = str(cfg_get(cfg, "activation", "gelu"))
+        gated, split_glu = activation.endswith("glu"), activation in K.SPLIT_GLU_ACTIVATIONS
         if WEIGHTS_NAME in self.members:
-            return _normalize(self._load_ckpt(WEIGHTS_NAME), f"{self.path}:{WEIGHTS_NAME}")
+            return _normalize(self._load_ckpt(WEIGHTS_NAME), f"{self.path}:{WEIGHTS_NAME}", split_glu)
         mp = sorted((int(m[1]), n) for n in self.members if (m := _MP_RE.match(n)))
         tp_pp = sorted((int(m[2]), int(m[1]), n) for n in self.members if (m := _TP_PP_RE.match(n)))
         if mp or tp_pp:
@@ -119,12 +122,14 @@ class NemoArchive:
             stages: dict[int, list[str]] = {}
             for pp, _, name in tp_pp or [(0, r, n) for r, n in mp]:
                 stages.setdefault(pp, []).append(name)
-            merged = [_merge_tp([_normalize(self._load_ckpt(n), f"{self.path}:{n}") for n in names], gated, self.path)
-                      for _, names in sorted(stages.items())]
+            merged = [_merge_tp([_normalize(self._load_ckpt(n), f"{self.path}:{n}", split_glu) for n in names],
+                                gated, self.path) for _, names in sorted(stages.items())]
             return _merge_pp(merged)
         dist = [n for n in self.members if n.startswith("model_weights/")]
         if dist:
-            return _normalize(self._load_dist(dist, tmp), f"{self.path}:model_weights/")
+            root = self.materialize(dist, tmp) / "model_weights"
+            return _normalize(read_distributed(root, f"{self.path}:model_weights/"), f"{self.path}:model_weights/",
+                              split_glu)
         raise CheckpointError(
             f"{self.path}: no weights found: expected {WEIGHTS_NAME}, mp_rank_XX/{WEIGHTS_NAME}, "
             f"tp_rank_XX_pp_rank_YYY/{WEIGHTS_NAME} or a model_weights/ directory "
@@ -148,33 +153,6 @@ class NemoArchive:
             raise CheckpointError(f"{self.path}:{name}: expected a state dict, got {type(obj).__name__}")
         return obj
 
-    def _load_dist(self, names: list[str], tmp: Path) -> dict:
-        root = self.materialize(names, tmp) / "model_weights"
-        meta = root / "metadata.json"
-        backend = json.loads(meta.read_text()).get("sharded_backend") if meta.is_file() else "torch_dist"
-        if backend != "torch_dist" or not (root / ".metadata").is_file():
-            raise CheckpointError(
-                f"{self.path}: model_weights/ is a {backend!r} distributed checkpoint; only 'torch_dist' is read "
-                "without megatron-core. Convert it with NeMo's scripts/checkpoint_converters/"
-                "convert_zarr_to_torch_dist.py, or re-save the model with dist_ckpt_format=torch_dist")
-        from torch.distributed.checkpoint import FileSystemReader
-        from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
-        from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
-
-        sd: dict[str, Any] = {}
-        # Single-process read of the whole checkpoint (what torch's dcp_to_torch_save does). Every
-        # megatron ShardedTensor is stored with its global shape, so TP shards come back merged.
-        _load_state_dict(sd, storage_reader=FileSystemReader(str(root)), planner=_EmptyStateDictLoadPlanner(),
-                         no_dist=True)
-        for key in [k for k, v in sd.items() if isinstance(v, torch.Tensor) and _STACKED_RE.match(_strip_prefix(k))]:
-            stacked = sd.pop(key)
-            for i in range(stacked.shape[0]):
-                sd[re.sub(r"decoder\.layers\.", f"decoder.layers.{i}.", key, count=1)] = stacked[i]
-        for key in [k for k in sd if k.endswith("mlp.linear_fc1.weight_w")]:  # singleton_local_shards layout
-            sd[key[:-2]] = torch.cat([sd.pop(key), sd.pop(key[:-2] + "_v")])
-        return sd
-
-
 def _strip_prefix(key: str) -> str:
     for prefix in ("model.module.", "model."):
         if key.startswith(prefix):
@@ -182,8 +160,12 @@ def _strip_prefix(key: str) -> str:
     return key
 
 
-def _normalize(sd: dict, where: str) -> dict[str, torch.Tensor]:
-    """Drop non-weights, strip `model.`, and rename legacy NeMo GPT keys to mcore names."""
+def _normalize(sd: dict, where: str, split_glu: bool) -> dict[str, torch.Tensor]:
+    """Drop non-weights, strip `model.`, and rename legacy NeMo GPT keys to mcore names.
+
+    split_glu: the legacy MLP keeps gate and up apart (activation swiglu, not fast-swiglu), so
+    dense_h_to_4h is the gate alone.
+    """
     out = {}
     for key, value in sd.items():
         if not isinstance(value, torch.Tensor) or any(re.search(p, key) for p in K.IGNORED_KEY_PATTERNS):
@@ -192,6 +174,8 @@ def _normalize(sd: dict, where: str) -> dict[str, torch.Tensor]:
         for pattern, repl in K.LEGACY_TO_MCORE:
             name, n = re.subn(pattern, repl, name)
             if n:
+                if split_glu and "dense_h_to_4h.weight" in key and "dense_h_to_4h_2" not in key:
+                    name = name.replace("mlp.linear_fc1.weight", "mlp.linear_fc1_gate.weight")
                 break
         if name in out:
             raise CheckpointError(f"{where}: two tensors map to {name!r}")

@@ -9,28 +9,36 @@ encoder lives on the word-embedding module); megatron-core dist_checkpointing (s
 from __future__ import annotations
 
 # Keys are normalised to the mcore names below with the leading `model.` (or `model.module.` under
-# megatron_amp_O2) removed. Legacy (non-mcore) NeMo GPT names → mcore names, as regex → replacement.
-# The legacy SwiGLU keeps gate and up in two tensors; they become `linear_fc1_gate` / `linear_fc1_up`
-# and are concatenated (gate first) into `linear_fc1.weight` after tensor-parallel shards are merged.
+# megatron_amp_O2) removed. Legacy (non-mcore) NeMo GPT names → mcore names, as regex → replacement
+# (scripts/checkpoint_converters/convert_llama_hf_to_nemo.py writes both). A legacy fused GLU
+# (`fast-swiglu`) keeps [gate; up] in one dense_h_to_4h, which becomes linear_fc1 like mcore's; the
+# unfused `swiglu` keeps gate (dense_h_to_4h) and up (dense_h_to_4h_2) apart: `linear_fc1_gate` /
+# `linear_fc1_up`, concatenated (gate first) after tensor-parallel shards are merged.
 LEGACY_TO_MCORE: list[tuple[str, str]] = [
     (r"^language_model\.embedding\.word_embeddings\.", "embedding.word_embeddings."),
     (r"^language_model\.encoder\.final_layernorm\.", "decoder.final_layernorm."),
     (r"^language_model\.output_layer\.", "output_layer."),
-    (r"^language_model\.encoder\.layers\.(\d+)\.input_layernorm\.weight$",
-     r"decoder.layers.\1.self_attention.linear_qkv.layer_norm_weight"),
+    (r"^language_model\.encoder\.layers\.(\d+)\.input_layernorm\.(weight|bias)$",
+     r"decoder.layers.\1.self_attention.linear_qkv.layer_norm_\2"),
     (r"^language_model\.encoder\.layers\.(\d+)\.self_attention\.query_key_value\.",
      r"decoder.layers.\1.self_attention.linear_qkv."),
     (r"^language_model\.encoder\.layers\.(\d+)\.self_attention\.dense\.",
      r"decoder.layers.\1.self_attention.linear_proj."),
-    (r"^language_model\.encoder\.layers\.(\d+)\.post_attention_layernorm\.weight$",
-     r"decoder.layers.\1.mlp.linear_fc1.layer_norm_weight"),
+    (r"^language_model\.encoder\.layers\.(\d+)\.post_attention_layernorm\.(weight|bias)$",
+     r"decoder.layers.\1.mlp.linear_fc1.layer_norm_\2"),
     (r"^language_model\.encoder\.layers\.(\d+)\.mlp\.dense_h_to_4h_2\.weight$",
      r"decoder.layers.\1.mlp.linear_fc1_up.weight"),
     (r"^language_model\.encoder\.layers\.(\d+)\.mlp\.dense_h_to_4h\.weight$",
-     r"decoder.layers.\1.mlp.linear_fc1_gate.weight"),
+     r"decoder.layers.\1.mlp.linear_fc1.weight"),
     (r"^language_model\.encoder\.layers\.(\d+)\.mlp\.dense_4h_to_h\.",
      r"decoder.layers.\1.mlp.linear_fc2."),
+    # NeMo 23.08 NeVA named the projector adapter mm_linear_adapter.linear (nlp_overrides.py
+    # NLPSaveRestoreConnector.modify_state_dict renames it the same way).
+    (r"^((?:language_model\.)?embedding\.word_embeddings\.adapter_layer\.)mm_linear_adapter\.linear\.",
+     r"\1mm_projector_adapter.mm_projector."),
 ]
+SPLIT_GLU_ACTIVATIONS = ("swiglu", "geglu", "reglu")  # legacy: gate and up in two tensors
+FUSED_GLU_ACTIVATIONS = ("fast-swiglu", "fast-geglu", "fast-reglu")
 
 # Keys that carry no weights we need: Transformer Engine / FP8 state, cached RoPE tables,
 # CLIP's position_ids buffer (persistent in older transformers).
@@ -60,8 +68,12 @@ TP_AXIS: dict[str, object] = {
 LAYER_RENAMES: dict[str, str] = {
     "self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
     "input_layernorm.weight": "input_layernorm.weight",                # mcore local (non-TE) spec
+    "self_attention.linear_qkv.layer_norm_bias": "input_layernorm.bias",  # LayerNorm (layernorm1p)
+    "input_layernorm.bias": "input_layernorm.bias",
     "self_attention.linear_proj.weight": "self_attn.o_proj.weight",
     "mlp.linear_fc1.layer_norm_weight": "post_attention_layernorm.weight",
+    "mlp.linear_fc1.layer_norm_bias": "post_attention_layernorm.bias",
+    "pre_mlp_layernorm.bias": "post_attention_layernorm.bias",
     "pre_mlp_layernorm.weight": "post_attention_layernorm.weight",     # mcore local (non-TE) spec
     "mlp.linear_fc2.weight": "mlp.down_proj.weight",
 }
@@ -74,6 +86,7 @@ HF_LAYER_PREFIX = "model.language_model.layers."
 GLOBAL_RENAMES: dict[str, str] = {
     "embedding.word_embeddings.weight": "model.language_model.embed_tokens.weight",
     "decoder.final_layernorm.weight": "model.language_model.norm.weight",
+    "decoder.final_layernorm.bias": "model.language_model.norm.bias",
     "output_layer.weight": "lm_head.weight",
 }
 EMBED_KEY = "embedding.word_embeddings.weight"

@@ -22,6 +22,15 @@ from videoneva.schema import SamplingSettings
 TokenCallback = Callable[[int], None]
 
 
+def mask_padded_vocab(logits: torch.Tensor, limit: int) -> torch.Tensor:
+    """-inf at ids >= limit (the tokenizer's size): NeMo pads the LLM's vocabulary past its tokenizer
+    (make_vocab_size_divisible_by × TP) and masks those rows when generating (text_generation_utils.py);
+    no tokenizer can decode them."""
+    if limit < logits.shape[-1]:
+        logits[..., limit:] = float("-inf")
+    return logits
+
+
 class Sequence:
     """One request being generated.
 
@@ -47,7 +56,7 @@ class Sequence:
         self.new: list[int] = []
         self.raw: list[torch.Tensor] = []
         self.finish: Optional[str] = None if sampling.max_tokens > 0 else "length"
-        self.vocab_size = lm.vocab_size
+        self.vocab_size, self.vocab_limit = lm.vocab_size, lm.vocab_limit
 
     @property
     def done(self) -> bool:
@@ -55,7 +64,7 @@ class Sequence:
 
     def choose(self, logits: torch.Tensor) -> int:
         """Pick the next id from next-token logits [1, vocab]; records it and whether the request ends."""
-        logits = logits.float()
+        logits = mask_padded_vocab(logits.float(), self.vocab_limit)  # (1, vocab)
         if self.sampling.return_log_probs:
             self.raw.append(logits[0])
         scores = logits

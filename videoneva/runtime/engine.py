@@ -59,11 +59,6 @@ _GPU_ARTIFACTS = {"tensorrt": ("vision/vision.plan", "vision_plan"),
                   "tensorrt_llm": ("llm/trtllm_engine", "trtllm_engine")}
 
 
-def read_engine_dir(engine_dir: str | Path) -> EngineDir:
-    """The engine directory's description (CheckpointError lists what is missing)."""
-    return EngineDir.read(engine_dir)
-
-
 def missing_gpu_artifact(d: Path, manifest: dict, backend: str) -> Optional[str]:
     """None when the artifact a GPU backend runs is in the engine directory, else why not and how to build it."""
     rel, step = _GPU_ARTIFACTS[backend]
@@ -102,9 +97,10 @@ def load_vision(eng: EngineDir, backend: str, threads: Optional[int] = None):
 
 
 def load_tokenizer(eng: EngineDir):
-    from transformers import AutoTokenizer
+    """The engine's tokenizer: transformers' AutoTokenizer, or the NeMo SentencePiece tokenizer."""
+    from videoneva.checkpoint.native import load_tokenizer as load
 
-    return AutoTokenizer.from_pretrained(eng.path / "tokenizer")
+    return load(eng.path / "tokenizer")
 
 
 def load_llm(eng: EngineDir, backend: str, tokenizer, precision: str):

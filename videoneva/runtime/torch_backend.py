@@ -20,7 +20,7 @@ from transformers.generation import (
 from videoneva.generation import SamplingSettings, split_end_strings
 from videoneva.model.vision import VisionFeatures
 from videoneva.runtime.base import GenerationOutput, TokenCallback
-from videoneva.runtime.decode import KVBatch, Sequence
+from videoneva.runtime.decode import KVBatch, Sequence, mask_padded_vocab  # noqa: F401  (re-exported)
 
 MEMO_SIZE = 64  # distinct end-string sets remembered per LLM
 
@@ -60,6 +60,7 @@ class DecodeLoopLanguageModel:
         self.vocab_size, self.hidden_size = text_config.vocab_size, text_config.hidden_size
         self.max_context = int(text_config.max_position_embeddings)
         self.image_token_id = media_token_id
+        self.vocab_limit = min(self.vocab_size, len(tokenizer))  # ids past the tokenizer: see mask_padded_vocab
         w = embed_tokens.weight
         self.device, self.dtype = w.device, w.dtype
         self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
