@@ -4,7 +4,7 @@ Two `videoneva serve` servers on the same engine directory run at once (an idle 
 a core); each concurrency level is measured on both, alternating which goes first, so machine
 noise falls on both alike. Server A is `git archive BASE` (its `videoneva` package and its
 triton_repo/ templates, started with that package first on the import path), server B this
-checkout. Same prompts, greedy, a fixed output length (ignore_eos), the feature cache off.
+checkout, or `git archive HEAD_REV` with --head. Same prompts, greedy, a fixed output length (ignore_eos), the feature cache off.
 Answers are streamed (as `videoneva bench` does) unless --unstreamed; a request without an
 answer in 60 s counts as an error.
 
@@ -29,7 +29,6 @@ import videoneva.media  # noqa: F401  (PyAV before decord)
 from videoneva.bench.loadgen import GenSettings, ServerTarget, load_jobs, run_level
 from videoneva.bench.metrics import same_outputs
 from videoneva.bench.report import CpuMeter, command_line, machine_info, now_iso, write_json
-from videoneva.cli import main as cli
 from videoneva.demo.run import DEMO_INSERT
 
 HERE = Path(__file__).resolve().parent
@@ -47,13 +46,27 @@ def code_at(rev: str, out: Path) -> str:
     return sha
 
 
+def code_env(root: Path | None) -> dict:
+    """The environment that runs the code under root (None: this checkout) first on the import path."""
+    env = dict(os.environ)
+    if root is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    return env
+
+
+def build_with(root: Path | None, ckpt: Path, out: Path) -> Path:
+    """The demo engine directory, built by the code under root (each side reads its own format)."""
+    subprocess.run([sys.executable, "-m", "videoneva.cli", "build", f"checkpoint={ckpt}", f"output={out}",
+                    "max_input_len=768", "max_output_len=64", "llm.backend=onnx", "overwrite=true"],
+                   env=code_env(root), check=True, capture_output=True)
+    return out
+
+
 class Served:
     """`python -m videoneva.cli serve` of the code under root (None: this checkout), until stop()."""
 
     def __init__(self, engine: Path, root: Path | None, instances: int, threads: int):
-        env = dict(os.environ)
-        if root is not None:
-            env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+        env = code_env(root)
         cli = [sys.executable, "-m", "videoneva.cli", "serve"]
         keys = subprocess.run(cli + ["--help"], env=env, check=True, capture_output=True, text=True).stdout
         thread_key = "threads" if re.search(r"^  threads \[", keys, re.M) else "torch_threads"
@@ -89,6 +102,7 @@ class UnstreamedTarget(ServerTarget):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", default="HEAD", help="commit whose Triton models are server A")
+    ap.add_argument("--head", default=None, help="commit whose Triton models are server B (default: this checkout)")
     ap.add_argument("--concurrency", default="1,4,8", help="levels")
     ap.add_argument("--num-requests", type=int, default=24, help="timed requests per level and server")
     ap.add_argument("--rounds", type=int, default=2, help="times every level is measured on each server")
@@ -104,18 +118,18 @@ def main(argv: list[str] | None = None) -> int:
     gen = GenSettings(args.tokens, ignore_eos=True)
     machine = machine_info()
     ckpt = model_checkpoint("demo", 2)
-    eng = TMP / "engine_demo_onnx"
-    assert cli(["build", f"checkpoint={ckpt}", f"output={eng}", "max_input_len=768", "max_output_len=64",
-                "llm.backend=onnx", "overwrite=true"]) == 0
     prompts = prompt_file(TMP / "serve_media", 4, 10, 640, 360)
     jobs = load_jobs(prompts)
     from videoneva.serving import Client
 
     with tempfile.TemporaryDirectory(prefix="bench_ab_") as work:
         sha = code_at(args.base, Path(work) / "base")
-        servers = {"A": Served(eng, Path(work) / "base", max(levels), args.server_threads)}
+        head_sha = code_at(args.head, Path(work) / "head") if args.head else None
+        roots = {"A": Path(work) / "base", "B": Path(work) / "head" if args.head else None}
+        engines = {k: build_with(r, ckpt, Path(work) / f"engine_{k}") for k, r in roots.items()}
+        servers = {"A": Served(engines["A"], roots["A"], max(levels), args.server_threads)}
         try:
-            servers["B"] = Served(eng, None, max(levels), args.server_threads)
+            servers["B"] = Served(engines["B"], roots["B"], max(levels), args.server_threads)
             clients = {k: Client(s.grpc_url, timeout=60, retries=0) for k, s in servers.items()}
             kind = UnstreamedTarget if args.unstreamed else ServerTarget
             targets = {k: kind(c, gen, prompts.parent, "bytes", DEMO_INSERT) for k, c in clients.items()}
@@ -151,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                         "A_e2e_p50_s": la[len(la) // 2] if la else None, "B_e2e_p50_s": lb[len(lb) // 2] if lb else None,
                         "errors": {"A": sum(r["errors"] for r in a), "B": sum(r["errors"] for r in b)}})
     report = {"benchmark": "serving A/B: an earlier commit's Triton models (A) vs this checkout's (B), demo model",
-              "command": command_line(), "created": now_iso(), "base_commit": sha,
+              "command": command_line(), "created": now_iso(), "base_commit": sha, "head_commit": head_sha,
               "settings": {**{k: str(v) for k, v in vars(args).items()}, "ignore_eos": True, "greedy": True,
                            "cache_bytes": 0, "llm_backend": "onnx", "media": "4 H.264 clips, 10 s 640x360 30 fps, as bytes"},
               "machine": {**machine, "load_average_end": machine_info()["load_average"]},
@@ -159,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     name = "serving_ab_unstreamed" if args.unstreamed else "serving_ab_streamed"
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(report, args.out / f"{name}.json")
-    md = [f"# Serving A/B: {sha[:7]} (A) vs this checkout (B), demo model, "
+    md = [f"# Serving A/B: {sha[:7]} (A) vs {head_sha[:7] if head_sha else 'this checkout'} (B), demo model, "
           f"{'unstreamed' if args.unstreamed else 'streamed'} answers", "", f"`{report['command']}`", "",
           f"{report['created']}; load average {machine['load_average']} at the start; "
           f"same token ids B vs A: {report['same_outputs_B_vs_A']:.0%}" if report["same_outputs_B_vs_A"] is not None

@@ -177,7 +177,11 @@ class InferConfig:
     pipeline_model_parallel_size: int = _help("PP size (engine builds; the torch backend runs on one device)", default=1)
     megatron_amp_O2: bool = _help("accepted for NeMo configs; no effect", default=False)
     server_url: Optional[str] = _help("HOST:PORT of a `videoneva serve` gRPC endpoint: ask it instead of loading a model", default=None)
-    concurrency: int = _help("with server_url: requests in flight at once", default=1)
+    concurrency: int = _help("lines answered at once (in-process: the LLM batches them in flight; with server_url: "
+                             "requests in flight)", default=1)
+    llm_max_batch_size: int = _help("in-process, concurrency > 1: most sequences the LLM decodes at once", default=16)
+    max_kv_tokens: Optional[int] = _help("in-process CPU LLMs, concurrency > 1: most KV-cache positions of the batch "
+                                         "(null: llm_max_batch_size × the model's context)", default=None)
     stream: bool = _help("with server_url: stream tokens (answers printed as they arrive when concurrency=1)", default=False)
     request_timeout: float = _help("with server_url: seconds one attempt of a request may take", default=300.0)
     retries: int = _help("with server_url: further attempts after a transient failure (backoff doubles from 0.5 s)", default=3)
@@ -192,6 +196,9 @@ class InferConfig:
         _positive("tensor_model_parallel_size", self.tensor_model_parallel_size)
         _positive("pipeline_model_parallel_size", self.pipeline_model_parallel_size)
         _positive("concurrency", self.concurrency)
+        _positive("llm_max_batch_size", self.llm_max_batch_size)
+        if self.max_kv_tokens is not None:
+            _positive("max_kv_tokens", self.max_kv_tokens)
         _choice("device", self.device, ("auto", "cpu", "cuda"))
         _choice("server_media", self.server_media, ("bytes", "path"))
         if self.retries < 0 or self.request_timeout <= 0:

@@ -9,7 +9,7 @@ pytest.importorskip("tritonclient.grpc", reason="the serve extra (tritonclient, 
 
 # Small limits so the oversized-request test stays small.
 MAX_MEDIA_BYTES = 300_000
-MAX_TOKENS = 64
+MAX_TOKENS = 512
 
 
 def _build(tmp_path_factory, checkpoint, name: str, *extra: str) -> Path:

@@ -1,10 +1,12 @@
-"""The baseline: what a user writes without videoneva, to compare the pipeline and the server against.
+"""The baseline: what a competent user writes without videoneva, to compare the pipeline and the server against.
 
-Per request, one at a time: decord decodes the WHOLE video and the N frames are picked afterwards
-(np.linspace, as NeMo picks them), the transformers `LlavaProcessor` (CLIPImageProcessor + the
-tokenizer, each `<image>` expanded to the frame's tokens) prepares the inputs, and
-`LlavaForConditionalGeneration.generate` answers greedily. Nothing from videoneva's runtime is used
-except rendering the prompt text, so that both sides get the same prompt.
+Per request, one at a time, as NeMo's own video loader does: decord opens the video and reads only
+the N sampled frames by random access (`get_batch` on np.linspace indices), the transformers
+`LlavaProcessor` (CLIPImageProcessor + the tokenizer, each `<image>` expanded to the frame's
+tokens) prepares the inputs, and `LlavaForConditionalGeneration.generate` answers. Nothing from
+videoneva's runtime is used except rendering the prompt text, so that both sides get the same
+prompt. `decode="whole"` decodes every frame and picks the N afterwards (a weaker baseline, kept
+as an extra row).
 
 A checkpoint with frame_token_pool > 1 (the demo model's 2×2 pooling) has no transformers
 equivalent, so there the user writes the five lines of tower → pool → projector and calls
@@ -49,12 +51,17 @@ class BaselineTarget:
         media_root: folder the jobs' video paths are relative to.
         gen: decoding settings (greedy; fixed length when ignore_eos).
         insert_media_token: left | right (where <video> goes when the question has none).
+        decode: "sampled" (only the N frames, by random access) | "whole" (every frame, then pick N).
     """
 
     name = "baseline"
 
     def __init__(self, checkpoint: str | Path, media_root: str | Path, gen: GenSettings,
-                 insert_media_token: Optional[str] = "left"):
+                 insert_media_token: Optional[str] = "left", decode: str = "sampled"):
+        if decode not in ("sampled", "whole"):
+            raise ValueError(f"decode={decode!r}: choose sampled or whole")
+        self.decode = decode
+        self.name = "baseline" if decode == "sampled" else "baseline_whole_decode"
         from transformers import AutoTokenizer, CLIPImageProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
         ckpt = Path(checkpoint)
@@ -87,9 +94,12 @@ class BaselineTarget:
         import decord
 
         vr = decord.VideoReader(str(path))
-        video = vr.get_batch(list(range(len(vr)))).asnumpy()  # (N, H, W, 3): every frame decoded
-        idx = np.linspace(0, len(video) - 1, min(len(video), self.num_frames), dtype=int)
-        picked = [video[i] for i in idx]
+        idx = np.linspace(0, len(vr) - 1, min(len(vr), self.num_frames), dtype=int)
+        if self.decode == "whole":
+            video = vr.get_batch(list(range(len(vr)))).asnumpy()  # (N, H, W, 3): every frame decoded
+            picked = [video[i] for i in idx]
+        else:  # NeMo's loader: only the sampled frames, by random access
+            picked = list(vr.get_batch(idx.tolist()).asnumpy())
         return picked + [picked[-1]] * (self.num_frames - len(picked))
 
     @torch.inference_mode()

@@ -20,14 +20,14 @@ from typing import Optional
 
 import torch
 
-from videoneva.errors import PromptError
+from videoneva.errors import PromptError, VideoNevaError
 from videoneva.runtime.base import GenerationOutput, TokenCallback
 from videoneva.runtime.decode import KVBatch, Sequence
 from videoneva.schema import SamplingSettings
 
 
-class Cancelled(Exception):
-    """The request was cancelled before it finished."""
+class Cancelled(VideoNevaError):
+    """The request was cancelled before it finished (by its client, or the executor stopped)."""
 
 
 class Handle:
@@ -46,6 +46,10 @@ class Handle:
 
     def cancel(self) -> None:
         self.cancelled = True
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
 
     def _finish(self, result: Optional[GenerationOutput] = None, error: Optional[BaseException] = None) -> None:
         self._result, self._error = result, error
@@ -85,6 +89,7 @@ class BatchingLanguageModel:
 
     def __init__(self, lm, max_batch_size: int = 16, max_kv_tokens: Optional[int] = None):
         self.lm, self.max_batch_size, self.max_kv_tokens = lm, max_batch_size, max_kv_tokens
+        self.tokenizer = lm.tokenizer
         self.vocab_size, self.hidden_size, self.max_context = lm.vocab_size, lm.hidden_size, lm.max_context
         self.image_token_id = lm.image_token_id
         self.stats = BatchStats()
@@ -154,6 +159,14 @@ class BatchingLanguageModel:
     def kv_tokens(self) -> int:
         batch = self._batch
         return 0 if batch is None else batch.rows * batch.length
+
+    def figures(self) -> dict[str, int]:
+        """The executor's state and counters (Triton metrics videoneva_llm_*)."""
+        budget = self.max_kv_tokens if self.max_kv_tokens is not None else self.max_batch_size * self.max_context
+        s = self.stats
+        return {"active_sequences": self.active, "queued_requests": self.queued, "steps": s.steps,
+                "step_sequences": s.step_sequences, "prefills": s.prefills, "cancelled": s.cancelled,
+                "kv_tokens_used": self.kv_tokens, "kv_tokens_free": max(budget - self.kv_tokens, 0)}
 
     # -- the executor thread ----------------------------------------------------------------------
     def _run(self) -> None:
@@ -231,19 +244,20 @@ class BatchingLanguageModel:
         self.stats.step_sequences += n
         self.stats.batch_sizes[n] += 1
         self.stats.step_seconds[n] += time.perf_counter() - t0
-        keep = []
+        keep, ended = [], []
         for i, h in enumerate(handles):
             if h.cancelled:
-                h._finish(error=Cancelled("cancelled"))
                 self.stats.cancelled += 1
+                ended.append((h, None, Cancelled("the request was cancelled")))
                 continue
             try:
                 h.seq.choose(logits[i:i + 1])
             except Exception as exc:  # noqa: BLE001  e.g. a streaming callback that raised
-                h._finish(error=exc)
+                ended.append((h, None, exc))
                 continue
             if h.seq.done:
-                self._retire(h)
+                self.stats.finished += 1
+                ended.append((h, h.seq.output(), None))
             else:
                 keep.append(i)
         if len(keep) < n:
@@ -252,6 +266,8 @@ class BatchingLanguageModel:
                 batch.keep(keep)
             else:
                 self._batch = None
+        for h, result, error in ended:  # after the batch let go of them: their rows count as free
+            h._finish(result, error)
 
     def _retire(self, handle: Handle) -> None:
         self.stats.finished += 1

@@ -5,6 +5,7 @@ The backends are picked from what the build was asked for and what this machine 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -103,25 +104,43 @@ def load_tokenizer(eng: EngineDir):
     return load(eng.path / "tokenizer")
 
 
-def load_llm(eng: EngineDir, backend: str, tokenizer, precision: str):
-    """The LanguageModel for `backend`; BackendUnavailable names what is missing for a GPU backend."""
+@dataclass
+class ExecutorOptions:
+    """How an LLM batches requests in flight.
+
+    Attributes:
+        max_batch_size: most sequences decoded at once (the rest queue).
+        max_kv_tokens: CPU LLMs: most KV-cache positions of the batch (None: max_batch_size × context).
+        kv_cache_free_gpu_memory_fraction: TensorRT-LLM: share of the GPU memory left free after the
+            engine (and the vision plan, loaded first) for its paged KV cache.
+    """
+
+    max_batch_size: int = 16
+    max_kv_tokens: Optional[int] = None
+    kv_cache_free_gpu_memory_fraction: Optional[float] = None
+
+    @classmethod
+    def from_params(cls, params: dict[str, str]) -> "ExecutorOptions":
+        """From a Triton model's string parameters (empty: the default)."""
+        kv, frac = params.get("max_kv_tokens") or "", params.get("kv_cache_free_gpu_memory_fraction") or ""
+        return cls(int(params.get("llm_max_batch_size") or cls.max_batch_size), int(kv) if kv else None,
+                   float(frac) if frac else None)
+
+
+def load_llm(eng: EngineDir, backend: str, tokenizer, precision: str, executor: Optional[ExecutorOptions] = None):
+    """The LanguageModel for `backend`; BackendUnavailable names what is missing for a GPU backend.
+
+    With `executor`, the LLM batches concurrent requests in flight (its generate() may be called
+    from many threads, and it has submit()); without, it answers one request at a time.
+    """
     d = eng.path
-    if backend == "torch":
-        from videoneva.runtime.torch_backend import TorchLanguageModel
+    if backend in ("torch", "onnx"):
+        llm = _cpu_llm(eng, backend, tokenizer, precision)
+        if executor is None:
+            return llm
+        from videoneva.runtime.batching import BatchingLanguageModel
 
-        return TorchLanguageModel(load_engine_llm(d, eng.manifest, precision), tokenizer, eng.image_token_id)
-    if backend == "onnx":
-        import torch
-        from transformers import AutoConfig
-
-        from videoneva.runtime.onnx_backend import OnnxLanguageModel
-
-        if precision != "32":
-            log.warning("llm backend onnx runs the float32 graph it was built with (trainer.precision=%s ignored)",
-                        precision)
-        # as many intra-op threads as torch is given (serve threads=N), so the backends share cores alike
-        return OnnxLanguageModel(d / "llm" / "onnx", AutoConfig.from_pretrained(d / "llm" / "torch"), tokenizer,
-                                 eng.image_token_id, threads=torch.get_num_threads())
+        return BatchingLanguageModel(llm, executor.max_batch_size, executor.max_kv_tokens)
     from videoneva.runtime.tensorrt_backend import BackendUnavailable
     from videoneva.runtime.trtllm_backend import TensorRTLLMLanguageModel, trtllm_unavailable_reason
 
@@ -129,6 +148,25 @@ def load_llm(eng: EngineDir, backend: str, tokenizer, precision: str):
     if msg:
         raise BackendUnavailable(msg)
     return TensorRTLLMLanguageModel(d / "llm" / "trtllm_engine", tokenizer, eng.image_token_id)
+
+
+def _cpu_llm(eng: EngineDir, backend: str, tokenizer, precision: str):
+    d = eng.path
+    if backend == "torch":
+        from videoneva.runtime.torch_backend import TorchLanguageModel
+
+        return TorchLanguageModel(load_engine_llm(d, eng.manifest, precision), tokenizer, eng.image_token_id)
+    import torch
+    from transformers import AutoConfig
+
+    from videoneva.runtime.onnx_backend import OnnxLanguageModel
+
+    if precision != "32":
+        log.warning("llm backend onnx runs the float32 graph it was built with (trainer.precision=%s ignored)",
+                    precision)
+    # as many intra-op threads as torch is given (serve threads=N), so the backends share cores alike
+    return OnnxLanguageModel(d / "llm" / "onnx", AutoConfig.from_pretrained(d / "llm" / "torch"), tokenizer,
+                             eng.image_token_id, threads=torch.get_num_threads())
 
 
 def front_settings(eng: EngineDir, cfg: "InferConfig", max_num_frames: Optional[int] = None) -> "PipelineSettings":
@@ -159,7 +197,8 @@ def pipeline_from_engine_dir(engine_dir: str | Path, cfg: "InferConfig", cache_b
     """The backends the manifest names (ONNX Runtime + torch, or TensorRT + TensorRT-LLM on a GPU machine).
 
     device=cpu runs the portable pair whatever was built; a GPU backend that cannot run here raises
-    BackendUnavailable naming the missing library, CUDA device or artifact.
+    BackendUnavailable naming the missing library, CUDA device or artifact. With cfg.concurrency > 1
+    the LLM batches the lines answered at once in flight.
     """
     from videoneva.media.sources import MediaRoot
     from videoneva.runtime.cache import FeatureCache
@@ -171,6 +210,7 @@ def pipeline_from_engine_dir(engine_dir: str | Path, cfg: "InferConfig", cache_b
     tok = load_tokenizer(eng)
     # vision first: the TensorRT-LLM executor sizes its KV cache from the GPU memory left free
     vision = load_vision(eng, vision_backend)
-    llm = load_llm(eng, llm_backend, tok, cfg.trainer.precision)
+    executor = ExecutorOptions(cfg.llm_max_batch_size, cfg.max_kv_tokens) if cfg.concurrency > 1 else None
+    llm = load_llm(eng, llm_backend, tok, cfg.trainer.precision, executor)
     log.info("engine %s: vision %s, llm %s", eng.path, vision_backend, llm_backend)
     return Pipeline(vision, llm, tok, settings, MediaRoot(media_root_of(cfg)), FeatureCache(cache_bytes))

@@ -39,6 +39,10 @@ def pipeline_from_checkpoint(ckpt: LoadedCheckpoint, cfg: InferConfig, cache_byt
     pool = cfg.data.frame_token_pool or ckpt.settings.frame_token_pool
     vision = TorchVisionEncoder(ckpt.model, frame_token_pool=pool)
     llm = TorchLanguageModel(ckpt.model, ckpt.tokenizer)
+    if cfg.concurrency > 1:  # lines answered at once are decoded together
+        from videoneva.runtime.batching import BatchingLanguageModel
+
+        llm = BatchingLanguageModel(llm, cfg.llm_max_batch_size, cfg.max_kv_tokens)
     settings = PipelineSettings(
         template=cfg.data.conv_template or ckpt.settings.conv_template,
         media=MediaSettings.from_checkpoint(ckpt.settings, ckpt.image_size, cfg.data, cfg.inference.media_type),

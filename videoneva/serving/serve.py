@@ -44,8 +44,18 @@ class ServeConfig:
     vision_instances: int = _help("instances of the vision encoder", default=1)
     vision_max_batch_frames: int = _help("frames per vision encoder batch (at least data.num_frames)", default=32)
     vision_queue_delay_us: int = _help("dynamic batching: how long the vision encoder waits to fill a batch", default=2000)
-    llm_instances: int = _help("instances of the llm model (each loads the LLM weights)", default=1)
-    videoneva_instances: int = _help("instances of the videoneva entry model: requests answered at once (the rest queue)", default=4)
+    llm_instances: int = _help("instances of the llm model (each loads the LLM weights and batches its own "
+                               "requests; one instance batches best)", default=1)
+    llm_max_batch_size: int = _help("most sequences the llm decodes at once (in-flight batching; the rest queue)",
+                                    default=16)
+    max_kv_tokens: Optional[int] = _help("CPU LLMs: most KV-cache positions of the llm's batch (null: "
+                                         "llm_max_batch_size × the model's context)", default=None)
+    kv_cache_free_gpu_memory_fraction: float = _help(
+        "TensorRT-LLM: share of the GPU memory left free by the engine (and the vision plan, loaded first) that "
+        "its paged KV cache takes; the rest stays for DALI and other processes", default=0.8)
+    videoneva_instances: int = _help("instances of the videoneva entry model", default=2)
+    videoneva_concurrency: int = _help("requests each videoneva instance answers at once (its threads); "
+                                       "instances × concurrency requests are in flight, the rest queue", default=8)
     cache_bytes: int = _help("visual feature cache size in bytes (0 disables it)", default=256 * 2**20)
     max_tokens_limit: int = _help("the largest max_tokens a request may ask for (a cap, not a default: "
                                   "inference.tokens_to_generate is the default)", default=1024)
@@ -78,7 +88,7 @@ class ServeConfig:
             if not isinstance(v, int) or not 0 <= v <= 65535:
                 raise ConfigError(f"{key} must be a port number in 0..65535, got {v!r}")
         for key in ("preprocess_instances", "vision_instances", "vision_max_batch_frames", "llm_instances",
-                    "videoneva_instances", "model_load_threads"):
+                    "llm_max_batch_size", "videoneva_instances", "videoneva_concurrency", "model_load_threads"):
             _positive(key, getattr(self, key))
         if isinstance(self.startup_retries, bool) or not isinstance(self.startup_retries, int) or self.startup_retries < 0:
             raise ConfigError(f"startup_retries must be a whole number >= 0, got {self.startup_retries!r}")
@@ -95,6 +105,11 @@ class ServeConfig:
                               f"max_tokens_limit={self.max_tokens_limit}")
         if self.inference.media_base_path:
             raise ConfigError("inference.media_base_path is infer's media root; `serve` takes media_root=DIR")
+        if self.max_kv_tokens is not None:
+            _positive("max_kv_tokens", self.max_kv_tokens)
+        if not 0 < self.kv_cache_free_gpu_memory_fraction <= 1:
+            raise ConfigError(f"kv_cache_free_gpu_memory_fraction must be in (0, 1], got "
+                              f"{self.kv_cache_free_gpu_memory_fraction!r}")
         if min(self.cache_bytes, self.threads, self.vision_threads, self.vision_queue_delay_us) < 0:
             raise ConfigError("cache_bytes, threads, vision_threads and vision_queue_delay_us must be >= 0")
         if not self.startup_timeout > 0 or self.stall_timeout < 0:
@@ -133,14 +148,17 @@ def render(cfg: ServeConfig, out_dir: str | Path) -> Path:
         "videoneva": {"infer_config": pbtxt_string(json.dumps(infer_config(cfg))),
                       "max_tokens_limit": cfg.max_tokens_limit, "max_media_bytes": cfg.max_media_bytes,
                       "max_num_frames": cfg.max_num_frames or cfg.vision_max_batch_frames,
-                      "cache_bytes": cfg.cache_bytes, "videoneva_instances": cfg.videoneva_instances},
+                      "cache_bytes": cfg.cache_bytes, "videoneva_instances": cfg.videoneva_instances,
+                      "videoneva_concurrency": cfg.videoneva_concurrency},
         "feature_cache": {"cache_bytes": cfg.cache_bytes},
         "preprocess": {"media_root": pbtxt_string(Path(cfg.media_root).resolve() if cfg.media_root else ""),
                        "preprocess_instances": cfg.preprocess_instances},
         "vision_encoder": {**backend, "threads": cfg.vision_threads, "vision_instances": cfg.vision_instances,
                            "vision_max_batch_frames": cfg.vision_max_batch_frames,
                            "vision_queue_delay_us": cfg.vision_queue_delay_us},
-        "llm": {**backend, "threads": cfg.threads, "precision": cfg.trainer.precision, "llm_instances": cfg.llm_instances},
+        "llm": {**backend, "threads": cfg.threads, "precision": cfg.trainer.precision, "llm_instances": cfg.llm_instances,
+                "llm_max_batch_size": cfg.llm_max_batch_size, "max_kv_tokens": cfg.max_kv_tokens or "",
+                "kv_cache_free_gpu_memory_fraction": cfg.kv_cache_free_gpu_memory_fraction},
     }
     return render_repository(out_dir, models)
 

@@ -96,12 +96,12 @@ def _request(model: str, tensors: dict[str, np.ndarray]) -> "pb_utils.InferenceR
 
 
 class TritonBLS:
-    """Calls to the other models of the server (business logic scripting)."""
+    """Calls to the other models of the server (business logic scripting), from any worker thread."""
 
     def __init__(self):
         # Response iterators of finished decoupled calls, kept until the stub has dropped its own
-        # reference (see stream). Only the owning model's worker thread touches it.
-        self._held: list = []
+        # reference (see stream), per calling thread.
+        self._local = threading.local()
 
     def call(self, model: str, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         resp = _request(model, tensors).exec()
@@ -129,19 +129,26 @@ class TritonBLS:
             resp = None
             for _ in responses:  # to the last response: then the stub queues its cleanup
                 pass
-            self._held.append(responses)
+            held = self._local.__dict__.setdefault("held", [])
+            held.append(responses)
             responses = None
             if barrier():
-                self._held.clear()
+                held.clear()
 
 
 class Worker:
-    """The instance's one worker thread: runs queued jobs in order, after execute() has returned."""
+    """The instance's worker threads: run queued jobs after execute() has returned.
 
-    def __init__(self, name: str):
+    One thread (the default) runs them in order; `threads` > 1 answer that many requests of the
+    instance at once (the entry model, whose requests mostly wait on the other models).
+    """
+
+    def __init__(self, name: str, threads: int = 1):
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._run, name=f"videoneva-{name}", daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=self._run, name=f"videoneva-{name}-{i}", daemon=True)
+                        for i in range(threads)]
+        for t in self.threads:
+            t.start()
 
     def submit(self, job: Callable[[], None]) -> None:
         self.jobs.put(job)
@@ -157,8 +164,10 @@ class Worker:
                 pb_utils.Logger.log_error(f"videoneva: worker job failed\n{traceback.format_exc()}")
 
     def stop(self, timeout: float = 30.0) -> None:
-        self.jobs.put(None)
-        self.thread.join(timeout)
+        for _ in self.threads:
+            self.jobs.put(None)
+        for t in self.threads:
+            t.join(timeout)
 
 
 class Metrics:
@@ -193,7 +202,8 @@ class TritonPythonModel:
         module = importlib.import_module(params["handler"])
         self.names = list(module.INPUTS)
         self.handler = module.make(params, TritonBLS())
-        self.worker = Worker(args.get("model_instance_name") or args["model_name"])
+        self.worker = Worker(args.get("model_instance_name") or args["model_name"],
+                             int(params.get("concurrency") or 1))
         self.metrics = None
         if hasattr(self.handler, "metrics"):
             try:

@@ -7,6 +7,8 @@ yielding a decoupled model's responses: the python backend's BLS inside Triton
 from __future__ import annotations
 
 import dataclasses
+import time
+import uuid
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -14,7 +16,7 @@ import numpy as np
 from videoneva.media.settings import MediaSettings
 from videoneva.runtime.base import GenerationOutput
 from videoneva.runtime.flow import Decoded, IdsCallback
-from videoneva.schema import Request, SamplingSettings
+from videoneva.schema import Request, RequestError, SamplingSettings
 from videoneva.serving.models.llm import sampling_tensor
 from videoneva.serving.tensors import json_of, json_tensor, string_tensor, text_of
 
@@ -25,12 +27,21 @@ class TritonStages:
     Args:
         bls: the BLS calls (see the module docstring).
         has_cache: whether the `feature_cache` model is consulted.
-        barrier: a round trip through the stub, made before a finished stream is let go (see
-            triton_model.TritonBLS.stream); () -> bool.
+        cancelled: () -> bool, whether the client has given up on the request (asked at most every
+            CANCEL_CHECK_S while the llm generates; then the llm is told to drop the request).
     """
 
-    def __init__(self, bls, has_cache: bool, barrier: Callable[[], bool] = lambda: True):
-        self.bls, self.has_cache, self.barrier = bls, has_cache, barrier
+    CANCEL_CHECK_S = 0.05
+
+    def __init__(self, bls, has_cache: bool, cancelled: Callable[[], bool] = lambda: False):
+        self.bls, self.has_cache, self.cancelled = bls, has_cache, cancelled
+
+    def barrier(self) -> bool:
+        """A round trip through the stub, made before a finished stream is let go (TritonBLS.stream).
+
+        The request's is_cancelled() goes through the stub's message queue, except once the request
+        is known cancelled: then it answers at once, so False (no round trip made)."""
+        return not self.cancelled()
 
     def cache_get(self, key: str) -> Optional[tuple[Any, dict]]:
         out = self.bls.call("feature_cache", {"key": string_tensor(key)})
@@ -56,16 +67,24 @@ class TritonStages:
 
     def generate(self, ids: list[int], table: Any, sampling: SamplingSettings,
                  on_ids: Optional[IdsCallback]) -> GenerationOutput:
+        key = uuid.uuid4().hex
         tensors = {"input_ids": np.asarray(ids, np.int32), "sampling": sampling_tensor(sampling),
-                   "streaming": np.array([on_ids is not None])}
+                   "streaming": np.array([on_ids is not None]), "request_key": string_tensor(key)}
         if table is not None:
             tensors["prompt_embedding_table"] = np.ascontiguousarray(table, np.float32)
-        final = None
+        final, checked = None, time.monotonic()
         for resp in self.bls.stream("llm", tensors, self.barrier):
             if "finish_reason" in resp:
                 final = resp
-            elif on_ids is not None:
+                continue
+            if on_ids is not None:
                 on_ids([int(i) for i in resp["output_ids"].reshape(-1)])
+            if time.monotonic() - checked >= self.CANCEL_CHECK_S:
+                checked = time.monotonic()
+                if self.cancelled():
+                    for _ in self.bls.stream("llm", {"cancel_key": string_tensor(key)}, self.barrier):
+                        pass
+                    raise RequestError("the client cancelled the request")
         if final is None:
             raise RuntimeError("the llm model ended its response stream without a final response")
         logprobs = [float(x) for x in final["output_log_probs"].reshape(-1)] if sampling.return_log_probs else None

@@ -1,25 +1,36 @@
 """Triton model `llm`: prompt ids + prompt table (TensorRT-LLM multimodal convention) → token ids.
 
-Decoupled: with `streaming`, one response per generated id, then the final response with every
-id, the log-probs and the finish reason. ONNX Runtime or torch on CPU, TensorRT-LLM on GPU.
+Decoupled, and batching in flight: every request goes to the instance's one executor (the CPU
+LLMs' BatchingLanguageModel, or TensorRT-LLM's own executor on GPU), which decodes all requests in
+flight together and answers each through its own response sender: with `streaming`, one response
+per generated id; without, one every PROGRESS_EVERY ids (the entry model checks for a cancelled
+client between them); then the final response with every id, the log-probs and the finish
+reason. A request carrying only `cancel_key` cancels the request sent with that `request_key`,
+which leaves the batch at the next step.
 """
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import numpy as np
 
 from videoneva.config import normalize_precision
-from videoneva.runtime.engine import load_llm, load_tokenizer
+from videoneva.errors import VideoNevaError
+from videoneva.runtime.engine import ExecutorOptions, load_llm, load_tokenizer
 from videoneva.runtime.engine_dir import EngineDir
 from videoneva.schema import SamplingSettings
-from videoneva.serving.tensors import Tensors, json_of, json_tensor, scalar_of, string_tensor
+from videoneva.serving.tensors import Tensors, json_of, json_tensor, scalar_of, string_tensor, text_of
 
 INPUTS = {"input_ids": ("TYPE_INT32", [-1]), "prompt_embedding_table": ("TYPE_FP32", [-1, -1]),
-          "sampling": ("TYPE_STRING", [1]), "streaming": ("TYPE_BOOL", [1])}
+          "sampling": ("TYPE_STRING", [1]), "streaming": ("TYPE_BOOL", [1]), "request_key": ("TYPE_STRING", [1]),
+          "cancel_key": ("TYPE_STRING", [1])}
 OUTPUTS = {"output_ids": ("TYPE_INT32", [-1]), "output_log_probs": ("TYPE_FP32", [-1]),
            "finish_reason": ("TYPE_STRING", [1])}
 DECOUPLED = True
+PROGRESS_EVERY = 16
+METRICS = {"active_sequences": "GAUGE", "queued_requests": "GAUGE", "steps": "COUNTER", "step_sequences": "COUNTER",
+           "prefills": "COUNTER", "cancelled": "COUNTER", "kv_tokens_used": "GAUGE", "kv_tokens_free": "GAUGE"}
 
 
 def sampling_tensor(s: SamplingSettings) -> np.ndarray:
@@ -27,26 +38,83 @@ def sampling_tensor(s: SamplingSettings) -> np.ndarray:
 
 
 class LLMModel:
-    """Runs a LanguageModel (torch, ONNX Runtime or TensorRT-LLM) for one request at a time."""
+    """Hands each request to the LLM's executor (`submit`) and routes its tokens back to it.
+
+    Args:
+        llm: a LanguageModel with submit(ids, table, sampling, on_token, on_done) -> handle.
+    """
 
     def __init__(self, llm):
         self.llm = llm
+        self._running: dict[str, object] = {}   # request_key → handle, for cancel_key
+        self._lock = threading.Lock()
 
-    def __call__(self, inputs: Tensors, call) -> Tensors:
+    def start(self, inputs: Tensors, call, finish) -> None:
+        """Queue the request; finish(outputs | exception) is called when it ends (from the executor)."""
         import torch
 
+        cancel = text_of(inputs.get("cancel_key"), "cancel_key")
+        if cancel is not None:
+            with self._lock:
+                handle = self._running.get(cancel)
+            if handle is not None:
+                handle.cancel()
+            finish({"output_ids": np.zeros(0, np.int32), "output_log_probs": np.zeros(0, np.float32),
+                    "finish_reason": string_tensor("cancelled" if handle is not None else "unknown")})
+            return
+        if "input_ids" not in inputs or "sampling" not in inputs:
+            raise VideoNevaError("llm: input_ids and sampling are required (or cancel_key alone)")
         ids = [int(i) for i in np.asarray(inputs["input_ids"]).reshape(-1)]
         table = inputs.get("prompt_embedding_table")
         table = None if table is None or table.size == 0 else torch.from_numpy(np.asarray(table, np.float32))
-        on_token = None
-        if bool(scalar_of(inputs.get("streaming"), "streaming") or False):
-            def on_token(tid: int) -> None:
-                call.send({"output_ids": np.array([tid], np.int32)})
-        out = self.llm.generate(ids, table, SamplingSettings(**json_of(inputs["sampling"], "sampling")),
-                                on_token=on_token)
-        return {"output_ids": np.asarray(out.token_ids, np.int32),
-                "output_log_probs": np.asarray(out.logprobs or [], np.float32),
-                "finish_reason": string_tensor(out.finish_reason)}
+        sampling = SamplingSettings(**json_of(inputs["sampling"], "sampling"))
+        chunk = 1 if bool(scalar_of(inputs.get("streaming"), "streaming") or False) else PROGRESS_EVERY
+        key = text_of(inputs.get("request_key"), "request_key")
+        pending: list[int] = []
+
+        def on_token(tid: int) -> None:
+            pending.append(tid)
+            if len(pending) >= chunk:
+                call.send({"output_ids": np.asarray(pending, np.int32)})
+                pending.clear()
+
+        def on_done(out, error) -> None:
+            if key is not None:
+                with self._lock:
+                    self._running.pop(key, None)
+            if error is not None:
+                finish(error)
+                return
+            finish({"output_ids": np.asarray(out.token_ids, np.int32),
+                    "output_log_probs": np.asarray(out.logprobs or [], np.float32),
+                    "finish_reason": string_tensor(out.finish_reason)})
+
+        handle = self.llm.submit(ids, table, sampling, on_token, on_done)
+        if key is not None:
+            with self._lock:  # on_done pops under the same lock: a request already ended is not kept
+                if not handle.done:
+                    self._running[key] = handle
+
+    def __call__(self, inputs: Tensors, call) -> Tensors:
+        """start() and wait: the same request answered in this thread (tests, one-off use)."""
+        box, done = {}, threading.Event()
+
+        def finish(out) -> None:
+            box["out"] = out
+            done.set()
+
+        self.start(inputs, call, finish)
+        done.wait()
+        if isinstance(box["out"], BaseException):
+            raise box["out"]
+        return box["out"]
+
+    def metrics(self) -> dict[str, tuple[str, int, str]]:
+        """videoneva_llm_*: the executor's batch, queue and KV figures, for Triton's metrics endpoint."""
+        figures = self.llm.figures()
+        return {f"videoneva_llm_{k}" + ("_total" if kind == "COUNTER" else ""): (kind, int(figures.get(k, 0)),
+                                                                                    f"LLM executor: {k.replace('_', ' ')}")
+                for k, kind in METRICS.items()}
 
 
 def make(params: dict[str, str], bls=None) -> LLMModel:
@@ -57,4 +125,5 @@ def make(params: dict[str, str], bls=None) -> LLMModel:
         torch.set_num_threads(threads)  # the ONNX Runtime LLM takes as many intra-op threads
     eng = EngineDir.read(params["engine_dir"])
     _, backend = eng.backends(params.get("device", "auto"))
-    return LLMModel(load_llm(eng, backend, load_tokenizer(eng), normalize_precision(params.get("precision", "32"))))
+    return LLMModel(load_llm(eng, backend, load_tokenizer(eng), normalize_precision(params.get("precision", "32")),
+                             executor=ExecutorOptions.from_params(params)))

@@ -46,7 +46,7 @@ class EntryModel:
         if wire.stream:
             def on_delta(d: Delta) -> None:
                 call.send({"text_output": string_tensor(d.text), "output_ids": np.asarray(d.token_ids, np.int32)})
-        stages = TritonStages(self.bls, self.has_cache, barrier=lambda: not call.cancelled())
+        stages = TritonStages(self.bls, self.has_cache, cancelled=call.cancelled)
         answer = Flow(self.front, stages).answer(wire.request, sampling, on_delta)
         return {"text_output": string_tensor(answer.clean_response),
                 "output_ids": np.asarray(answer.token_ids, np.int32),
