@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import json
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -25,17 +26,6 @@ needs_tensorrt = pytest.mark.skipif(not HAS_TENSORRT, reason="needs the tensorrt
                                                             "not installable on the CPU build machines)")
 needs_trtllm = pytest.mark.skipif(not (HAS_TRTLLM and HAS_MODELOPT), reason="needs tensorrt_llm and nvidia-modelopt "
                                   "(tensorrt_llm is not installable on the CPU build machines)")
-
-# ModelRunnerCpp.generate's keyword arguments and the sampling kwargs it forwards to the executor
-# (tensorrt_llm/runtime/model_runner_cpp.py, `accepted_parameters`)
-RUNNER_CPP_KWARGS = {"max_new_tokens", "end_id", "pad_id", "stop_words_list", "bad_words_list", "streaming",
-                     "return_dict", "output_sequence_lengths", "output_log_probs", "output_cum_log_probs",
-                     "prompt_table", "prompt_tasks"}
-RUNNER_CPP_SAMPLING = {"num_beams", "top_k", "top_p", "top_p_min", "top_p_reset_ids", "top_p_decay", "temperature",
-                       "min_tokens", "beam_search_diversity_rate", "repetition_penalty", "presence_penalty",
-                       "frequency_penalty", "length_penalty", "early_stopping", "no_repeat_ngram_size",
-                       "random_seed", "num_return_sequences", "min_p", "beam_width_array"}
-
 
 @pytest.fixture()
 def no_module(monkeypatch):
@@ -243,36 +233,57 @@ def test_stop_rule_splits_end_strings(tiny_tokenizer):
     assert llm_b.stop_rule(tiny_tokenizer, []).words_list() is None
 
 
-def test_generate_kwargs_greedy(tiny_tokenizer):
-    s = SamplingSettings(max_tokens=12, greedy=True, repetition_penalty=1.0, seed=3,
-                         end_strings=["<extra_id_1>"])
-    kw = llm_b.generate_kwargs(s, llm_b.stop_rule(tiny_tokenizer, s.end_strings))
-    assert kw["top_k"] == 1 and kw["top_p"] == 0.0 and kw["temperature"] == 1.0
-    assert kw["max_new_tokens"] == 12 and kw["repetition_penalty"] == 1.0
-    assert "random_seed" not in kw and "min_tokens" not in kw  # greedy needs no seed; 0 min tokens is the default
-    assert kw["stop_words_list"] == [[[tiny_tokenizer.convert_tokens_to_ids("<extra_id_1>")]]]
-    assert kw["return_dict"] and kw["output_sequence_lengths"] and not kw["streaming"] and not kw["output_log_probs"]
-    assert set(kw) <= RUNNER_CPP_KWARGS | RUNNER_CPP_SAMPLING
+REQUEST_FIELDS = {"max_tokens", "streaming", "end_id", "pad_id", "stop_words", "sampling_config", "output_config"}
+SAMPLING_CONFIG = {"top_k", "top_p", "temperature", "seed", "min_tokens", "repetition_penalty"}  # request.cpp names
 
 
-def test_generate_kwargs_sampling(tiny_tokenizer):
+def test_request_fields_greedy(tiny_tokenizer):
+    s = SamplingSettings(max_tokens=12, greedy=True, repetition_penalty=1.0, seed=3, end_strings=["<extra_id_1>"])
+    f = llm_b.request_fields(s, llm_b.stop_rule(tiny_tokenizer, s.end_strings), 12, streaming=False)
+    c = f["sampling_config"]
+    assert c["top_k"] == 1 and c["top_p"] == 0.0 and c["temperature"] == 1.0 and c["repetition_penalty"] == 1.0
+    assert "seed" not in c and "min_tokens" not in c  # greedy needs no seed; 0 min tokens is the default
+    assert f["max_tokens"] == 12 and not f["streaming"]
+    assert f["stop_words"] == [[tiny_tokenizer.convert_tokens_to_ids("<extra_id_1>")]]
+    assert f["output_config"] == {"return_log_probs": False, "exclude_input_from_output": True}
+    assert set(f) == REQUEST_FIELDS and set(c) <= SAMPLING_CONFIG
+
+
+def test_request_fields_sampling(tiny_tokenizer):
     s = SamplingSettings(max_tokens=64, min_tokens=4, greedy=False, temperature=0.7, top_k=20,
                          top_p=0.8, repetition_penalty=1.3, seed=11, return_log_probs=True, end_strings=[])
-    kw = llm_b.generate_kwargs(s, llm_b.stop_rule(tiny_tokenizer, []), max_new_tokens=10, streaming=True)
-    assert (kw["top_k"], kw["top_p"], kw["temperature"], kw["repetition_penalty"]) == (20, 0.8, 0.7, 1.3)
-    assert kw["min_tokens"] == 4 and kw["random_seed"] == 11 and kw["max_new_tokens"] == 10
-    assert kw["streaming"] and kw["output_log_probs"] and "stop_words_list" not in kw
-    assert kw["end_id"] == tiny_tokenizer.eos_token_id and kw["pad_id"] == tiny_tokenizer.pad_token_id
-    assert set(kw) <= RUNNER_CPP_KWARGS | RUNNER_CPP_SAMPLING
+    f = llm_b.request_fields(s, llm_b.stop_rule(tiny_tokenizer, []), 10, streaming=True)
+    c = f["sampling_config"]
+    assert (c["top_k"], c["top_p"], c["temperature"], c["repetition_penalty"]) == (20, 0.8, 0.7, 1.3)
+    assert c["min_tokens"] == 4 and c["seed"] == 11 and f["max_tokens"] == 10
+    assert f["streaming"] and f["output_config"]["return_log_probs"] and f["stop_words"] is None
+    assert f["end_id"] == tiny_tokenizer.eos_token_id and f["pad_id"] == tiny_tokenizer.pad_token_id
+
+
+def test_media_extra_ids_tell_videos_apart():
+    ids = [1, 448, 449, 450, 6]
+    a, b = llm_b.media_extra_ids(ids, 448, "a" * 64), llm_b.media_extra_ids(ids, 448, "b" * 64)
+    assert a[0] == a[-1] == 0 and len(set(a[1:4])) == 1 and a[1] > 0 and a[1] != b[1]
+    assert a == llm_b.media_extra_ids(ids, 448, "a" * 64) and a[1] < 2**63
+    assert llm_b.media_extra_ids([1, 2, 3], 448, "a" * 64) is None and llm_b.media_extra_ids(ids, 448, None) is None
+
+
+def test_every_rank_engine_is_checked(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"pretrained_config": {"mapping": {"tp_size": 2, "pp_size": 2}}}))
+    (tmp_path / "rank0.engine").write_bytes(b"")
+    (tmp_path / "rank2.engine").write_bytes(b"")
+    assert llm_b.engine_world_size(tmp_path) == 4
+    with pytest.raises(CheckpointError, match="rank1.engine, rank3.engine"):
+        llm_b.check_engine_dir(tmp_path)
 
 
 # -- prompt table -----------------------------------------------------------------------------------------
 
 def test_prompt_table_shape_dtype_and_rows():
     feats = torch.randn(4, 16, 64).reshape(-1, 64)  # (F·T, D), as Pipeline.features returns it
-    table = llm_b.make_prompt_table(feats, 64, torch.float16, max_rows=128, device="cpu")
-    assert table.shape == (1, 64, 64) and table.dtype == torch.float16
-    torch.testing.assert_close(table[0].float(), feats, atol=1e-2, rtol=1e-3)
+    table = llm_b.make_prompt_table(feats, 64, torch.float16, max_rows=128, device="cpu")  # (N, D) per request
+    assert table.shape == (64, 64) and table.dtype == torch.float16
+    torch.testing.assert_close(table.float(), feats, atol=1e-2, rtol=1e-3)
     assert llm_b.make_prompt_table(None, 64, torch.float16, 128, "cpu") is None
     with pytest.raises(ValueError, match="hidden size 32 does not match the engine's 64"):
         llm_b.make_prompt_table(torch.zeros(8, 32), 64, torch.float16, 128, "cpu")
@@ -292,93 +303,88 @@ def test_fake_ids_index_table_rows():
         llm_b.check_ids(ids, 448, rows=0)
 
 
-# -- output parsing ---------------------------------------------------------------------------------------
+# -- the executor's responses, routed (a stand-in for the GPU-only executor's documented API) -----------
 
-def _out(prompt, generated, max_seq_len, end_id, logprobs=None):
-    """A ModelRunnerCpp return_dict output for one request: prompt + generated, padded with end_id."""
-    row = prompt + generated
-    d = {"output_ids": torch.tensor([[row + [end_id] * (max_seq_len - len(row))]], dtype=torch.int32),
-         "sequence_lengths": torch.tensor([[len(row)]], dtype=torch.int32)}
-    if logprobs is not None:
-        d["log_probs"] = torch.tensor([[logprobs]])
-    return d
+class _Result:
+    def __init__(self, ids, final, logprobs=None):
+        self.output_token_ids, self.is_final, self.log_probs = [ids], final, [logprobs] if logprobs else None
 
 
-def test_finish_reasons():
-    rule = llm_b.StopRule(end_id=2, pad_id=0, stop_ids=[4], stop_sequences=[[217, 71]])
-    assert llm_b.finish([10, 11, 2], rule, 8) == ([10, 11], "stop")
-    assert llm_b.finish([10, 4], rule, 8) == ([10], "stop")
-    assert llm_b.finish([10, 217, 71], rule, 8) == ([10, 217, 71], "stop")  # text end strings: the pipeline trims
-    assert llm_b.finish([10, 11], rule, 8) == ([10, 11], "stop")             # stopped before the budget
-    assert llm_b.finish([10, 11, 12], rule, 3) == ([10, 11, 12], "length")
+class _Response:
+    def __init__(self, rid, result=None, error=None):
+        self.request_id, self.result, self.error_msg = rid, result, error
+
+    def has_error(self):
+        return self.error_msg is not None
 
 
-def test_output_reader_whole_and_streamed():
-    prompt = [1, 448, 449, 5]
-    whole = llm_b.OutputReader(len(prompt), end_id=2).read(_out(prompt, [7, 8, 9, 2], 16, 2, [-0.1, -0.2, -0.3, -0.4]))
-    assert whole.tokens == [7, 8, 9, 2] and whole.logprobs == pytest.approx([-0.1, -0.2, -0.3, -0.4])
+class _Executor:
+    """Enqueued requests' responses come back through await_responses, interleaved, as the executor gives them."""
 
-    seen = []
-    steps = [_out(prompt, [7], 16, 2, [-0.1]), _out(prompt, [7, 8, 9], 16, 2, [-0.2, -0.3]),
-             _out(prompt, [7, 8, 9], 16, 2, []), _out(prompt, [7, 8, 9, 2], 16, 2, [-0.4])]
-    streamed = llm_b.OutputReader(len(prompt), end_id=2, on_token=seen.append).read(iter(steps))
-    assert streamed.tokens == whole.tokens and streamed.logprobs == pytest.approx(whole.logprobs)
-    assert seen == [7, 8, 9]  # the end id is not a token of the answer
+    def __init__(self):
+        self.queue, self.next_id, self.cancelled, self.cond = [], 1, [], threading.Condition()
 
+    def enqueue_request(self, request):
+        rid, self.next_id = self.next_id, self.next_id + 1
+        return rid
 
-class _FakeRunner:
-    """Records ModelRunnerCpp.generate's arguments and answers in its documented output format."""
+    def deliver(self, *responses):
+        with self.cond:
+            self.queue.extend(responses)
+            self.cond.notify()
 
-    def __init__(self, generated, max_seq_len=64):
-        self.generated, self.max_seq_len, self.calls = generated, max_seq_len, []
+    def await_responses(self, timeout=None):
+        with self.cond:
+            self.cond.wait_for(lambda: self.queue, timeout.total_seconds() if timeout else None)
+            out, self.queue = self.queue, []
+            return out
 
-    def generate(self, batch_input_ids, **kw):
-        self.calls.append((batch_input_ids, kw))
-        prompt, end = batch_input_ids[0].tolist(), kw["end_id"]
-        gen = self.generated[: kw["max_new_tokens"]]
-        gen = gen[: gen.index(end) + 1] if end in gen else gen  # the engine stops at end_id
-        if not kw["streaming"]:
-            return _out(prompt, gen, self.max_seq_len, end)
-        return (_out(prompt, gen[: i + 1], self.max_seq_len, end) for i in range(len(gen)))
+    def cancel_request(self, rid):
+        self.cancelled.append(rid)
 
 
-def _model_with(runner, tokenizer, vocab_size=448, hidden=64):
-    m = object.__new__(llm_b.TensorRTLLMLanguageModel)  # the engine-free part of the class
-    m.runner, m.tokenizer, m.image_token_id = runner, tokenizer, 5
-    m.vocab_size, m.hidden_size, m.max_context, m.max_input_len = vocab_size, hidden, 64, 48
-    m.max_table_rows, m.dtype, m.table_device = 32, torch.float16, torch.device("cpu")
+def _trtllm_model(tokenizer, executor):
+    """The engine-free part of TensorRTLLMLanguageModel around a stand-in executor (its response thread runs)."""
+    m = object.__new__(llm_b.TensorRTLLMLanguageModel)
+    m.executor, m.tokenizer, m.image_token_id = executor, tokenizer, 5
+    m.vocab_size, m.hidden_size, m.max_context, m.max_input_len = 448, 64, 64, 48
+    m.max_table_rows, m.dtype = 32, torch.float16
+    m._pending, m._lock, m._stop = {}, threading.Lock(), False
+    m._thread = threading.Thread(target=m._route, daemon=True)
+    m._thread.start()
     return m
 
 
-def test_generate_passes_ids_table_and_sampling(tiny_tokenizer):
+def test_responses_reach_their_own_requests(tiny_tokenizer):
+    ex = _Executor()
+    m = _trtllm_model(tiny_tokenizer, ex)
     eos = tiny_tokenizer.eos_token_id
-    runner = _FakeRunner([30, 31, 32, eos, 99])
-    m = _model_with(runner, tiny_tokenizer)
-    ids = fake_media_ids([1, 9, 9, 9, 9, 6], [1, 2, 3, 4], m.vocab_size)
-    feats = torch.randn(4, 64)
-    s = SamplingSettings(max_tokens=8, greedy=True, repetition_penalty=1.0, end_strings=["<extra_id_7>"])
-    out = m.generate(ids, feats, s)
-    assert out.token_ids == [30, 31, 32] and out.finish_reason == "stop" and out.logprobs is None
-    (batch, kw), = runner.calls
-    assert batch[0].dtype == torch.int32 and batch[0].tolist() == [1, 448, 449, 450, 451, 6]
-    assert kw["prompt_table"].shape == (1, 4, 64) and kw["prompt_table"].dtype == torch.float16
-    assert kw["top_k"] == 1 and kw["end_id"] == eos and kw["max_new_tokens"] == 8
+    rule = llm_b.stop_rule(tiny_tokenizer, [])
+    s = SamplingSettings(max_tokens=8, greedy=True, return_log_probs=True)
+    seen = {1: [], 2: []}
+    a = llm_b._Pending(4, rule, 8, s, seen[1].append, None)
+    b = llm_b._Pending(4, rule, 8, s, seen[2].append, None)
+    m._pending.update({1: a, 2: b})
+    ex.deliver(_Response(1, _Result([30], False, [-0.1])), _Response(2, _Result([40, 41], False, [-0.2, -0.3])),
+               _Response(1, _Result([31, eos], True, [-0.4, -0.5])), _Response(3, _Result([9], True)),  # unknown id
+               _Response(2, None, "out of KV blocks"))
+    assert a.result(10).token_ids == [30, 31] and a.result().finish_reason == "stop"
+    assert a.result().logprobs == [-0.1, -0.4] and seen[1] == [30, 31]
+    with pytest.raises(VideoNevaError, match="out of KV blocks"):
+        b.result(10)
+    assert seen[2] == [40, 41] and m._pending == {}
+    m._stop = True
 
-    seen = []
-    streamed = m.generate(ids, feats, s, on_token=seen.append)
-    assert streamed.token_ids == out.token_ids and seen == out.token_ids and "first_token_s" in streamed.timings
 
-
-def test_generate_fits_the_engine(tiny_tokenizer):
-    m = _model_with(_FakeRunner(list(range(10, 60))), tiny_tokenizer)
+def test_the_engine_limits_are_named_before_enqueueing(tiny_tokenizer):
+    m = _trtllm_model(tiny_tokenizer, _Executor())
+    m._trtllm = None  # nothing reaches the executor
     s = SamplingSettings(max_tokens=256, greedy=True, end_strings=[])
-    out = m.generate(list(range(10, 50)), None, s)  # 40 prompt tokens, max_seq_len 64 → 24 new at most
-    assert len(out.token_ids) == 24 and out.finish_reason == "length"
-    assert m.runner.calls[-1][1]["prompt_table"] is None
     with pytest.raises(PromptError, match="at most 48"):
-        m.generate(list(range(10, 60)), None, s)
+        m.submit(list(range(10, 60)), None, s)
     with pytest.raises(PromptError, match="--max_multimodal_len"):
-        m.generate([1, 448], torch.zeros(33, 64), s)
+        m.submit([1, 448], torch.zeros(33, 64), s)
+    m._stop = True
 
 
 # -- GPU: parity with the ONNX Runtime and torch backends --------------------------------------------------
@@ -494,3 +500,15 @@ def test_engine_dir_runs_gpu_backends_like_cpu(tmp_path, tiny_tokenizer, media_d
     assert a.prompt == b.prompt and len(a.token_ids) > 0
     # fp16 engine vs fp32 torch on random weights: the first greedy token is far from a tie
     assert a.token_ids[0] == b.token_ids[0]
+
+
+def test_serve_refuses_several_llm_instances_of_a_parallel_engine(tmp_path, tiny_tokenizer, capsys):
+    from videoneva.cli import main as cli
+
+    d = _gpu_engine_dir(tmp_path, tiny_tokenizer)
+    (d / "llm" / "trtllm_engine").mkdir(parents=True)
+    (d / "llm" / "trtllm_engine" / "config.json").write_text(
+        json.dumps({"pretrained_config": {"mapping": {"tp_size": 2, "pp_size": 1}}}))
+    assert cli(["serve", f"engine_dir={d}", "llm_instances=2", "grpc_port=0", "http_port=0", "metrics_port=0"]) == 2
+    err = capsys.readouterr().err
+    assert "llm_instances=2" in err and "2 ranks" in err and "Traceback" not in err

@@ -104,11 +104,11 @@ class BatchingLanguageModel:
     # -- the LanguageModel interface ------------------------------------------------------------
     @torch.inference_mode()
     def submit(self, input_ids: list[int], prompt_table, sampling: SamplingSettings,
-               on_token: Optional[TokenCallback] = None, on_done=None) -> Handle:
+               on_token: Optional[TokenCallback] = None, on_done=None, media_key: Optional[str] = None) -> Handle:
         """Queue one request; errors in its ids or table raise here, in the caller's thread.
 
         on_token gets each id as it is chosen, on_done (result, error) at the end, both in the
-        executor's thread.
+        executor's thread. media_key (the media's content hash) is not used on CPU.
         """
         return self.submit_many([(input_ids, prompt_table, sampling, on_token, on_done)])[0]
 

@@ -147,7 +147,9 @@ def load_llm(eng: EngineDir, backend: str, tokenizer, precision: str, executor: 
     msg = _gpu_backend_error(d, eng.manifest, backend, trtllm_unavailable_reason())
     if msg:
         raise BackendUnavailable(msg)
-    return TensorRTLLMLanguageModel(d / "llm" / "trtllm_engine", tokenizer, eng.image_token_id)
+    ex = executor or ExecutorOptions()
+    return TensorRTLLMLanguageModel(d / "llm" / "trtllm_engine", tokenizer, eng.image_token_id, ex.max_batch_size,
+                                    ex.kv_cache_free_gpu_memory_fraction)
 
 
 def _cpu_llm(eng: EngineDir, backend: str, tokenizer, precision: str):

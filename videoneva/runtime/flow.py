@@ -60,9 +60,10 @@ class Stages(Protocol):
     def encode(self, pixel_values: Any) -> Any:
         """Frames [F, 3, H, W] → features [F, T, D]."""
 
-    def generate(self, ids: list[int], table: Any, sampling: SamplingSettings,
-                 on_ids: Optional[IdsCallback]) -> GenerationOutput:
-        """Token ids after the prompt; on_ids (when given) gets the ids as they are produced."""
+    def generate(self, ids: list[int], table: Any, sampling: SamplingSettings, on_ids: Optional[IdsCallback],
+                 media_key: Optional[str] = None) -> GenerationOutput:
+        """Token ids after the prompt; on_ids (when given) gets the ids as they are produced.
+        media_key (the media's content hash) lets an LLM reuse cached blocks of the same media."""
 
 
 class Flow:
@@ -137,7 +138,8 @@ class Flow:
                 on_delta(Delta(text, list(pending)))
                 pending.clear()
 
-        out = self.stages.generate(ids, media.table, sampling, on_ids if on_delta is not None else None)
+        out = self.stages.generate(ids, media.table, sampling, on_ids if on_delta is not None else None,
+                                   media.meta.get("content_hash"))
         raw, clean = self.front.detokenize(out.token_ids, sampling.end_strings)
         if on_delta is not None:
             rest = detok.finish(raw)
@@ -180,7 +182,7 @@ class LocalStages:
     def encode(self, pixel_values):
         return self.vision.encode(pixel_values)
 
-    def generate(self, ids, table, sampling, on_ids):
+    def generate(self, ids, table, sampling, on_ids, media_key=None):
         import torch
 
         prompt_table = None if table is None else torch.as_tensor(table)

@@ -1,28 +1,43 @@
-"""TensorRT-LLM language model: an engine built by trtllm-build (engine_dir/llm/trtllm_engine), run by ModelRunnerCpp.
+"""TensorRT-LLM language model: an engine built by trtllm-build (engine_dir/llm/trtllm_engine), run by
+TensorRT-LLM's own executor with in-flight batching.
 
-Visual rows reach the engine as TensorRT-LLM prompt tuning: media positions carry fake ids
-vocab_size + k (vocab_size of the *engine*, padded to a multiple of 64 for AWQ checkpoints) and
-`prompt_table` [1, rows, hidden] in the engine dtype holds their embeddings (one task, index 0),
-as tensorrt_llm/runtime/multimodal_model_runner.py does. `tensorrt_llm` is imported only when a
-model is built, so CPU users never need it. The pure helpers below (kwargs, table, output
-parsing) are what the CPU tests check.
+One `tensorrt_llm.bindings.executor.Executor` per process: every request is enqueued as it
+arrives (`enqueue_request`), the executor batches all of them in flight on the GPU, and one
+response thread routes `await_responses()` to each request by its id (tokens streamed to its
+callback, the final result to its waiter). Visual rows reach the engine as prompt tuning: media
+positions carry fake ids vocab_size + k (vocab_size of the *engine*) and the request's
+`PromptTuningConfig(embedding_table [rows, hidden])` holds their embeddings, with
+`input_token_extra_ids` set from the media's content hash at those positions so the executor's
+KV-cache block reuse tells two videos apart (the same fake ids otherwise). An engine built with
+tensor or pipeline parallelism runs in orchestrator mode: the executor spawns one MPI worker per
+rank (`tensorrt_llm/bin/executorWorker`). Request, config and result field names follow
+cpp/tensorrt_llm/pybind/executor/{request,executorConfig,executor,bindings}.cpp.
+`tensorrt_llm` is imported only when a model is built, so CPU users never need it; the pure
+helpers below (request fields, table, extra ids, finishing) are what the CPU tests check.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import threading
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from videoneva.errors import CheckpointError, PromptError
+from videoneva.errors import CheckpointError, PromptError, VideoNevaError
 from videoneva.generation import SamplingSettings, split_end_strings, trtllm_sampling_kwargs
 from videoneva.runtime.base import GenerationOutput, TokenCallback
 from videoneva.runtime.tensorrt_backend import BackendUnavailable, cuda_unavailable_reason
 
+log = logging.getLogger(__name__)
 ENGINE_FILES = ("config.json", "rank0.engine")
+AWAIT_MS = 100  # the response thread's wait per call (it also notices shutdown this often)
 
 
 def trtllm_unavailable_reason() -> Optional[str]:
@@ -33,16 +48,25 @@ def trtllm_unavailable_reason() -> Optional[str]:
         return (f"the `tensorrt_llm` Python package is not installed ({exc}); install the TensorRT-LLM version "
                 "the engine was built with (NVIDIA's wheel or the Triton TensorRT-LLM container)")
     try:
-        import tensorrt_llm.bindings  # noqa: F401  (ModelRunnerCpp wraps the C++ executor)
+        import tensorrt_llm.bindings.executor  # noqa: F401  (the C++ executor)
     except ImportError as exc:
-        return f"tensorrt_llm has no C++ bindings ({exc}); ModelRunnerCpp needs a full TensorRT-LLM install"
+        return f"tensorrt_llm has no C++ bindings ({exc}); its executor needs a full TensorRT-LLM install"
     return cuda_unavailable_reason()
 
 
+def engine_world_size(engine_dir: str | Path) -> int:
+    """tp × pp of a trtllm-build output (config.json pretrained_config.mapping; 1 when absent)."""
+    config = json.loads((Path(engine_dir) / "config.json").read_text())
+    mapping = config.get("pretrained_config", {}).get("mapping", {})
+    return int(mapping.get("tp_size", 1)) * int(mapping.get("pp_size", 1))
+
+
 def check_engine_dir(engine_dir: str | Path) -> Path:
-    """engine_dir if it holds a trtllm-build output (config.json + rank0.engine), else CheckpointError."""
+    """engine_dir if it holds a trtllm-build output with every rank's engine, else CheckpointError."""
     d = Path(engine_dir)
     missing = [f for f in ENGINE_FILES if not (d / f).is_file()]
+    if not missing:
+        missing = [f"rank{r}.engine" for r in range(engine_world_size(d)) if not (d / f"rank{r}.engine").is_file()]
     if missing:
         raise CheckpointError(f"TensorRT-LLM engine {d}: missing {', '.join(missing)}; build it on a GPU machine "
                               "with `videoneva build … llm.backend=tensorrt_llm` (or the trtllm-build command in "
@@ -78,42 +102,36 @@ def stop_rule(tokenizer: PreTrainedTokenizerBase, end_strings: list[str]) -> Sto
     return StopRule(end_id, pad_id, [i for i in stop_ids if i != end_id], [s for s in seqs if s])
 
 
-def generate_kwargs(sampling: SamplingSettings, rule: StopRule, max_new_tokens: Optional[int] = None,
-                    streaming: bool = False) -> dict:
-    """Keyword arguments of ModelRunnerCpp.generate for one request (besides ids and prompt table).
+def request_fields(sampling: SamplingSettings, rule: StopRule, max_new_tokens: int, streaming: bool) -> dict:
+    """The executor Request's fields for one request, as plain values (besides ids and the table).
 
-    Names follow tensorrt_llm/runtime/model_runner_cpp.py: sampling kwargs it accepts are top_k, top_p,
-    temperature, min_tokens, repetition_penalty and random_seed (renamed to seed for the executor);
-    greedy is top_k=1 (generation.trtllm_sampling_kwargs).
-
-    Args:
-        sampling: the request's settings.
-        rule: from stop_rule().
-        max_new_tokens: overrides sampling.max_tokens (to fit the engine's max_seq_len).
-        streaming: return a generator of partial outputs.
+    `sampling` → SamplingConfig(beam_width=1, top_k, top_p, temperature, seed, min_tokens,
+    repetition_penalty); greedy is top_k=1 (generation.trtllm_sampling_kwargs).
     """
     s = trtllm_sampling_kwargs(sampling)
-    kw = {
-        "max_new_tokens": int(max_new_tokens if max_new_tokens is not None else s["max_new_tokens"]),
-        "end_id": rule.end_id, "pad_id": rule.pad_id,
-        "top_k": int(s["top_k"]), "top_p": float(s["top_p"]), "temperature": float(s["temperature"]),
-        "repetition_penalty": float(s["repetition_penalty"]),
-        "streaming": streaming, "output_log_probs": bool(sampling.return_log_probs),
-        "output_sequence_lengths": True, "return_dict": True,
-    }
+    config = {"top_k": int(s["top_k"]), "top_p": float(s["top_p"]), "temperature": float(s["temperature"]),
+              "repetition_penalty": float(s["repetition_penalty"])}
     if s["min_length"]:
-        kw["min_tokens"] = int(s["min_length"])
+        config["min_tokens"] = int(s["min_length"])
     if s["random_seed"] is not None and not sampling.greedy:
-        kw["random_seed"] = int(s["random_seed"])
-    words = rule.words_list()
-    if words:
-        kw["stop_words_list"] = [words]  # one entry per request in the batch
-    return kw
+        config["seed"] = int(s["random_seed"])
+    return {"max_tokens": int(max_new_tokens), "streaming": streaming, "end_id": rule.end_id, "pad_id": rule.pad_id,
+            "stop_words": rule.words_list(), "sampling_config": config,
+            "output_config": {"return_log_probs": bool(sampling.return_log_probs), "exclude_input_from_output": True}}
+
+
+def media_extra_ids(input_ids: list[int], vocab_size: int, media_key: Optional[str]) -> Optional[list[int]]:
+    """Per-token extra ids for KV-cache reuse: at media positions a number drawn from the media's key,
+    0 elsewhere, so cached blocks of one video never serve another whose fake ids coincide."""
+    if media_key is None or not any(i >= vocab_size for i in input_ids):
+        return None
+    extra = int.from_bytes(hashlib.sha256(media_key.encode()).digest()[:7], "big") + 1  # < 2^63, never 0
+    return [extra if i >= vocab_size else 0 for i in input_ids]
 
 
 def make_prompt_table(features: Optional[torch.Tensor], hidden_size: int, dtype: torch.dtype, max_rows: int,
                  device: str | torch.device = "cuda") -> Optional[torch.Tensor]:
-    """Visual features [N, D] → the engine's prompt table [1, N, D] (one task) in its dtype and device.
+    """Visual features [N, D] → the request's prompt table [N, D] in the engine's dtype and device.
 
     Args:
         features: the pipeline's prompt table [N, D] (any float dtype/device), or None for text only.
@@ -133,7 +151,7 @@ def make_prompt_table(features: Optional[torch.Tensor], hidden_size: int, dtype:
         raise PromptError(f"{rows} media rows exceed the engine's prompt table ({max_rows} rows, trtllm-build "
                           "--max_multimodal_len); use fewer frames (data.num_frames), data.frame_token_pool, "
                           "or rebuild")
-    return features.to(device=device, dtype=dtype).unsqueeze(0).contiguous()  # (1, N, D)
+    return features.to(device=device, dtype=dtype).contiguous()  # (N, D)
 
 
 def check_ids(input_ids: list[int], vocab_size: int, rows: int) -> None:
@@ -154,99 +172,178 @@ def finish(tokens: list[int], rule: StopRule, max_new_tokens: int) -> tuple[list
     return tokens, ("stop" if len(tokens) < max_new_tokens else "length")
 
 
-class OutputReader:
-    """Collects generated ids (and log-probs) from ModelRunnerCpp outputs, one request, beam 0.
+class _Pending:
+    """One enqueued request: its tokens as they come, and its end."""
 
-    Each output dict holds `output_ids` [1, beams, max_seq_len] (prompt + generated so far, padded
-    with end_id), `sequence_lengths` [1, beams] and, with output_log_probs, `log_probs`
-    [1, beams, n]: all generated tokens when not streaming, that step's new tokens when streaming.
-    """
-
-    def __init__(self, input_len: int, end_id: int, on_token: Optional[TokenCallback] = None):
-        self.input_len, self.end_id, self.on_token = input_len, end_id, on_token
+    def __init__(self, input_len: int, rule: StopRule, max_new: int, sampling: SamplingSettings,
+                 on_token: Optional[TokenCallback], on_done):
+        self.input_len, self.rule, self.max_new, self.sampling = input_len, rule, max_new, sampling
+        self.on_token, self.on_done = on_token, on_done
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
-        self.first_token_s: Optional[float] = None
+        self._done = threading.Event()
+        self.output: Optional[GenerationOutput] = None
+        self.error: Optional[BaseException] = None
+        self.cancel = lambda: None
 
-    def add(self, out: dict) -> None:
-        seq_len = int(out["sequence_lengths"][0][0])
-        ids = out["output_ids"][0][0]
-        start = self.input_len + len(self.tokens)
-        new = [int(t) for t in (ids[start:seq_len].tolist() if hasattr(ids, "tolist") else ids[start:seq_len])]
-        if not new:
-            return
-        if self.first_token_s is None:
-            self.first_token_s = time.perf_counter()
-        if out.get("log_probs") is not None:
-            lp = out["log_probs"][0][0]
-            lp = lp.tolist() if hasattr(lp, "tolist") else list(lp)
-            self.logprobs += [float(x) for x in lp[:len(new)]]  # padded past this request's tokens
+    def add(self, new: list[int], logprobs: Optional[list[float]]) -> None:
         self.tokens += new
+        if logprobs:
+            self.logprobs += logprobs[: len(new)]
         if self.on_token is not None:
             for t in new:
-                if t != self.end_id:
+                if t != self.rule.end_id:
                     self.on_token(t)
 
-    def read(self, outputs: dict | Iterable[dict]) -> "OutputReader":
-        for out in ([outputs] if isinstance(outputs, dict) else outputs):
-            self.add(out)
-        return self
+    def end(self, error: Optional[BaseException] = None) -> None:
+        if error is None:
+            tokens, reason = finish(self.tokens, self.rule, self.max_new)
+            logprobs = self.logprobs[: len(tokens)] if self.sampling.return_log_probs else None
+            self.output = GenerationOutput(tokens, reason, logprobs)
+        self.error = error
+        self._done.set()
+        if self.on_done is not None:
+            self.on_done(self.output, error)
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self, timeout: Optional[float] = None) -> GenerationOutput:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"no result within {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self.output
 
 
 class TensorRTLLMLanguageModel:
-    """LanguageModel over a trtllm-build engine (ModelRunnerCpp), one request at a time.
+    """LanguageModel over a trtllm-build engine, batching every request in flight (see the module docstring).
 
     Args:
         engine_dir: trtllm-build output (config.json + rank*.engine).
         tokenizer: the model's tokenizer (eos/pad ids, end strings).
         media_token_id: an in-vocabulary id standing in for media rows (media.json image_token_id).
-        kv_cache_free_gpu_memory_fraction: share of free GPU memory for the paged KV cache (TensorRT-LLM
-            default 0.9 when None); leave room for the vision plan when it shares the GPU.
+        max_batch_size: most requests the executor schedules at once (None: the engine's).
+        kv_cache_free_gpu_memory_fraction: share of the GPU memory left free after the engine for its paged
+            KV cache (TensorRT-LLM's default 0.9 when None); load the vision plan first, so it is counted.
     """
 
     def __init__(self, engine_dir: str | Path, tokenizer: PreTrainedTokenizerBase, media_token_id: int,
-                 kv_cache_free_gpu_memory_fraction: Optional[float] = None):
+                 max_batch_size: Optional[int] = None, kv_cache_free_gpu_memory_fraction: Optional[float] = None):
         d = check_engine_dir(engine_dir)
         reason = trtllm_unavailable_reason()
         if reason is not None:
             raise BackendUnavailable(f"cannot run the TensorRT-LLM engine {d}: {reason}")
         import tensorrt_llm
-        from tensorrt_llm.runtime import ModelRunnerCpp
+        from tensorrt_llm.bindings import executor as trtllm
 
-        self.runner = ModelRunnerCpp.from_dir(str(d), rank=tensorrt_llm.mpi_rank(),
-                                              kv_cache_free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction)
-        r = self.runner
+        config = json.loads((d / "config.json").read_text())
+        pretrained, build = config.get("pretrained_config", {}), config.get("build_config", {})
+        world = engine_world_size(d)
+        parallel = None
+        if world > 1 and tensorrt_llm.mpi_world_size() == 1:  # not launched under mpirun: the executor spawns them
+            worker = Path(tensorrt_llm.__file__).parent / "bin" / "executorWorker"
+            parallel = trtllm.ParallelConfig(trtllm.CommunicationType.MPI, trtllm.CommunicationMode.ORCHESTRATOR,
+                                             orchestrator_config=trtllm.OrchestratorConfig(True, str(worker)))
+        kv = trtllm.KvCacheConfig(enable_block_reuse=True, free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction)
+        self._trtllm = trtllm
+        self.executor = trtllm.Executor(d, trtllm.ModelType.DECODER_ONLY, trtllm.ExecutorConfig(
+            max_beam_width=1, kv_cache_config=kv, max_batch_size=max_batch_size, parallel_config=parallel))
         self.engine_dir, self.tokenizer, self.image_token_id = d, tokenizer, media_token_id
-        self.vocab_size = int(r.vocab_size)                      # fake ids start here (the engine's, maybe padded)
-        self.hidden_size = int(r.hidden_size) * int(r.mapping.tp_size)
-        self.max_context = int(r.max_seq_len)
-        self.max_input_len = int(r.max_input_len)
-        self.max_table_rows = int(r.max_prompt_embedding_table_size)
-        self.dtype = r.dtype
-        self.table_device = torch.device("cuda")  # ModelRunnerCpp moves the table there anyway
+        self.vocab_size = int(pretrained["vocab_size"])          # fake ids start here (the engine's vocabulary)
+        self.hidden_size = int(pretrained["hidden_size"])        # the whole model's width, not one rank's slice
+        self.max_context = int(build.get("max_seq_len") or pretrained.get("max_position_embeddings"))
+        self.max_input_len = int(build.get("max_input_len", self.max_context))
+        self.max_table_rows = int(build.get("max_prompt_embedding_table_size", 0))
+        self.dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[pretrained["dtype"]]
+        self._pending: dict[int, _Pending] = {}
+        self._lock = threading.Lock()
+        self._stop = False
+        self._thread = threading.Thread(target=self._route, name="videoneva-trtllm-responses", daemon=True)
+        self._thread.start()
 
-    @torch.inference_mode()
-    def generate(self, input_ids: list[int], prompt_table: Optional[torch.Tensor], sampling: SamplingSettings,
-                 on_token: Optional[TokenCallback] = None) -> GenerationOutput:
-        t0 = time.perf_counter()
+    def submit(self, input_ids: list[int], prompt_table: Optional[torch.Tensor], sampling: SamplingSettings,
+               on_token: Optional[TokenCallback] = None, on_done=None, media_key: Optional[str] = None) -> _Pending:
+        """Enqueue one request; its tokens go to on_token and its end to on_done(result, error)."""
+        trtllm = self._trtllm
         if len(input_ids) > self.max_input_len:
             raise PromptError(f"prompt is {len(input_ids)} tokens but the engine takes at most {self.max_input_len} "
                               "(trtllm-build --max_input_len); shorten the text or use fewer frames")
-        table = make_prompt_table(prompt_table, self.hidden_size, self.dtype, self.max_table_rows,
-                                  self.table_device)
-        check_ids(input_ids, self.vocab_size, 0 if table is None else table.shape[1])
+        table = make_prompt_table(prompt_table, self.hidden_size, self.dtype, self.max_table_rows, "cuda")
+        check_ids(input_ids, self.vocab_size, 0 if table is None else table.shape[0])
         max_new = min(sampling.max_tokens, self.max_context - len(input_ids))
         if max_new < 1:
             raise PromptError(f"prompt is {len(input_ids)} tokens and the engine's max_seq_len is {self.max_context}: "
                               "no room to generate")
         rule = stop_rule(self.tokenizer, sampling.end_strings)
-        kw = generate_kwargs(sampling, rule, max_new_tokens=max_new, streaming=on_token is not None)
-        ids = torch.tensor(input_ids, dtype=torch.int32)
-        outputs = self.runner.generate([ids], prompt_table=table, **kw)
-        reader = OutputReader(len(input_ids), rule.end_id, on_token).read(outputs)
-        tokens, reason = finish(reader.tokens, rule, max_new)
-        logprobs = reader.logprobs[: len(tokens)] if sampling.return_log_probs else None
-        timings = {"generate_s": time.perf_counter() - t0}
-        if reader.first_token_s is not None and on_token is not None:
-            timings["first_token_s"] = reader.first_token_s - t0
-        return GenerationOutput(tokens, reason, logprobs, timings)
+        f = request_fields(sampling, rule, max_new, streaming=on_token is not None)
+        tuning = None
+        if table is not None:
+            tuning = trtllm.PromptTuningConfig(table, media_extra_ids(input_ids, self.vocab_size, media_key))
+        request = trtllm.Request(list(input_ids), f["max_tokens"], streaming=f["streaming"],
+                                 sampling_config=trtllm.SamplingConfig(1, **f["sampling_config"]),
+                                 output_config=trtllm.OutputConfig(**f["output_config"]), end_id=f["end_id"],
+                                 pad_id=f["pad_id"], stop_words=f["stop_words"], prompt_tuning_config=tuning)
+        pending = _Pending(len(input_ids), rule, max_new, sampling, on_token, on_done)
+        with self._lock:  # the id is known only after enqueueing: hold the router until it is recorded
+            rid = self.executor.enqueue_request(request)
+            self._pending[rid] = pending
+        pending.cancel = lambda: self.executor.cancel_request(rid)
+        return pending
+
+    def generate(self, input_ids: list[int], prompt_table: Optional[torch.Tensor], sampling: SamplingSettings,
+                 on_token: Optional[TokenCallback] = None) -> GenerationOutput:
+        t0 = time.perf_counter()
+        out = self.submit(input_ids, prompt_table, sampling, on_token).result()
+        out.timings["generate_s"] = time.perf_counter() - t0
+        return out
+
+    def _route(self) -> None:
+        """The response thread: every response to the request it belongs to."""
+        while not self._stop:
+            try:
+                responses = self.executor.await_responses(timeout=timedelta(milliseconds=AWAIT_MS))
+            except Exception as exc:  # noqa: BLE001  the executor is gone: fail everything waiting
+                log.error("TensorRT-LLM executor: %s", exc)
+                with self._lock:
+                    pending, self._pending = list(self._pending.values()), {}
+                for p in pending:
+                    p.end(VideoNevaError(f"TensorRT-LLM executor failed: {exc}"))
+                return
+            for resp in responses:
+                with self._lock:
+                    p = self._pending.get(resp.request_id)
+                if p is None:
+                    continue
+                if resp.has_error():
+                    with self._lock:
+                        self._pending.pop(resp.request_id, None)
+                    p.end(VideoNevaError(f"TensorRT-LLM: {resp.error_msg}"))
+                    continue
+                result = resp.result
+                p.add([int(t) for t in result.output_token_ids[0]],
+                      list(result.log_probs[0]) if result.log_probs else None)
+                if result.is_final:
+                    with self._lock:
+                        self._pending.pop(resp.request_id, None)
+                    p.end()
+
+    def figures(self) -> dict[str, int]:
+        """The executor's latest iteration statistics (Triton metrics videoneva_llm_*)."""
+        stats = list(self.executor.get_latest_iteration_stats())
+        if not stats:
+            return {}
+        it = stats[-1]
+        kv = it.kv_cache_stats
+        per_block = int(kv.tokens_per_block) if kv else 0
+        ifb = it.inflight_batching_stats
+        return {"active_sequences": int(it.num_active_requests), "queued_requests": int(it.num_queued_requests),
+                "steps": int(it.iter), "step_sequences": int(ifb.num_scheduled_requests) if ifb else 0,
+                "kv_tokens_used": int(kv.used_num_blocks) * per_block if kv else 0,
+                "kv_tokens_free": int(kv.free_num_blocks) * per_block if kv else 0}
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(5)
+        self.executor.shutdown()

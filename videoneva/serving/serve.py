@@ -137,6 +137,16 @@ def check_model_source(cfg: ServeConfig):
     if frames != -1 and cfg.vision_max_batch_frames < frames:
         raise ConfigError(f"vision_max_batch_frames={cfg.vision_max_batch_frames} is below the {frames} frames "
                           "of one video; raise it")
+    _, llm = eng.backends(cfg.device)
+    trt = eng.path / "llm" / "trtllm_engine"
+    if llm == "tensorrt_llm" and (trt / "config.json").is_file():
+        from videoneva.runtime.trtllm_backend import engine_world_size
+
+        world = engine_world_size(trt)
+        if world > 1 and cfg.llm_instances > 1:
+            raise ConfigError(f"llm_instances={cfg.llm_instances} with a TensorRT-LLM engine of {world} ranks (tensor × "
+                              "pipeline parallel): each instance would start its own ranks on the same GPUs; serve "
+                              "it with llm_instances=1 (its executor batches every request in flight)")
     return eng
 
 

@@ -65,13 +65,15 @@ class TritonStages:
     def encode(self, pixel_values: Any) -> Any:
         return self.bls.call("vision_encoder", {"pixel_values": pixel_values})["features"]
 
-    def generate(self, ids: list[int], table: Any, sampling: SamplingSettings,
-                 on_ids: Optional[IdsCallback]) -> GenerationOutput:
+    def generate(self, ids: list[int], table: Any, sampling: SamplingSettings, on_ids: Optional[IdsCallback],
+                 media_key: Optional[str] = None) -> GenerationOutput:
         key = uuid.uuid4().hex
         tensors = {"input_ids": np.asarray(ids, np.int32), "sampling": sampling_tensor(sampling),
                    "streaming": np.array([on_ids is not None]), "request_key": string_tensor(key)}
         if table is not None:
             tensors["prompt_embedding_table"] = np.ascontiguousarray(table, np.float32)
+        if media_key is not None:
+            tensors["media_key"] = string_tensor(media_key)
         final, checked = None, time.monotonic()
         for resp in self.bls.stream("llm", tensors, self.barrier):
             if "finish_reason" in resp:

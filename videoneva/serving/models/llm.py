@@ -24,7 +24,7 @@ from videoneva.serving.tensors import Tensors, json_of, json_tensor, scalar_of, 
 
 INPUTS = {"input_ids": ("TYPE_INT32", [-1]), "prompt_embedding_table": ("TYPE_FP32", [-1, -1]),
           "sampling": ("TYPE_STRING", [1]), "streaming": ("TYPE_BOOL", [1]), "request_key": ("TYPE_STRING", [1]),
-          "cancel_key": ("TYPE_STRING", [1])}
+          "cancel_key": ("TYPE_STRING", [1]), "media_key": ("TYPE_STRING", [1])}
 OUTPUTS = {"output_ids": ("TYPE_INT32", [-1]), "output_log_probs": ("TYPE_FP32", [-1]),
            "finish_reason": ("TYPE_STRING", [1])}
 DECOUPLED = True
@@ -89,7 +89,8 @@ class LLMModel:
                     "output_log_probs": np.asarray(out.logprobs or [], np.float32),
                     "finish_reason": string_tensor(out.finish_reason)})
 
-        handle = self.llm.submit(ids, table, sampling, on_token, on_done)
+        handle = self.llm.submit(ids, table, sampling, on_token, on_done,
+                                 media_key=text_of(inputs.get("media_key"), "media_key"))
         if key is not None:
             with self._lock:  # on_done pops under the same lock: a request already ended is not kept
                 if not handle.done:
