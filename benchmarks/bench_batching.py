@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
 
     scfg = load_config(ServeConfig, [f"engine_dir={engine}", "grpc_port=0", "http_port=0", "metrics_port=0",
                                      "cache_bytes=0", f"threads={threads}", f"llm_max_batch_size={max(levels)}",
-                                     f"max_tokens_limit={max(lengths)}", "startup_timeout=900"])
+                                     f"max_tokens_limit={max(lengths)}", f"inference.tokens_to_generate={max(lengths)}",
+                                     "startup_timeout=900"])
     with tempfile.TemporaryDirectory(prefix="bench_batching_") as work:
         server = start_server(scfg, work)
         try:

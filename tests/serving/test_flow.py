@@ -65,7 +65,7 @@ def wired(engine_dir, media_dir, tmp_path_factory):
     from videoneva.serving.serve import ServeConfig, render
 
     cfg = load_config(ServeConfig, [f"engine_dir={engine_dir}", f"media_root={media_dir}", "threads=1",
-                                    "max_num_frames=6", "inference.tokens_to_generate=16"])
+                                    "max_num_frames=6", "inference.tokens_to_generate=16", "stream_interval_ms=0"])
     repo = render(cfg, tmp_path_factory.mktemp("repo") / "r")
     bls = InProcessBLS()
     for name, module in MODULES.items():

@@ -53,6 +53,8 @@ class ServeConfig:
     kv_cache_free_gpu_memory_fraction: float = _help(
         "TensorRT-LLM: share of the GPU memory left free by the engine (and the vision plan, loaded first) that "
         "its paged KV cache takes; the rest stays for DALI and other processes", default=0.8)
+    stream_interval_ms: float = _help("a streamed answer's pieces: the first token at once, then what was generated "
+                                      "over each interval (0: a piece per token)", default=20.0)
     videoneva_instances: int = _help("instances of the videoneva entry model", default=2)
     videoneva_concurrency: int = _help("requests each videoneva instance answers at once (its threads); "
                                        "instances × concurrency requests are in flight, the rest queue", default=8)
@@ -110,7 +112,8 @@ class ServeConfig:
         if not 0 < self.kv_cache_free_gpu_memory_fraction <= 1:
             raise ConfigError(f"kv_cache_free_gpu_memory_fraction must be in (0, 1], got "
                               f"{self.kv_cache_free_gpu_memory_fraction!r}")
-        if min(self.cache_bytes, self.threads, self.vision_threads, self.vision_queue_delay_us) < 0:
+        if min(self.cache_bytes, self.threads, self.vision_threads, self.vision_queue_delay_us,
+               self.stream_interval_ms) < 0:
             raise ConfigError("cache_bytes, threads, vision_threads and vision_queue_delay_us must be >= 0")
         if not self.startup_timeout > 0 or self.stall_timeout < 0:
             raise ConfigError(f"startup_timeout must be > 0 and stall_timeout >= 0, got {self.startup_timeout!r} "
@@ -168,6 +171,7 @@ def render(cfg: ServeConfig, out_dir: str | Path) -> Path:
                            "vision_queue_delay_us": cfg.vision_queue_delay_us},
         "llm": {**backend, "threads": cfg.threads, "precision": cfg.trainer.precision, "llm_instances": cfg.llm_instances,
                 "llm_max_batch_size": cfg.llm_max_batch_size, "max_kv_tokens": cfg.max_kv_tokens or "",
+                "stream_interval_ms": cfg.stream_interval_ms,
                 "kv_cache_free_gpu_memory_fraction": cfg.kv_cache_free_gpu_memory_fraction},
     }
     return render_repository(out_dir, models)

@@ -2,16 +2,19 @@
 
 Decoupled, and batching in flight: every request goes to the instance's one executor (the CPU
 LLMs' BatchingLanguageModel, or TensorRT-LLM's own executor on GPU), which decodes all requests in
-flight together and answers each through its own response sender: with `streaming`, one response
-per generated id; without, one every PROGRESS_EVERY ids (the entry model checks for a cancelled
-client between them); then the final response with every id, the log-probs and the finish
-reason. A request carrying only `cancel_key` cancels the request sent with that `request_key`,
+flight together and answers each through its own response sender: with `streaming`, the first id
+at once and then the ids gathered over each `stream_interval_ms` (0: every id; a response through
+BLS costs far more than a decode step of a small model, so one per id would cap a busy server);
+without streaming, the ids gathered over PROGRESS_INTERVAL_S (the entry model checks for a
+cancelled client between them); then the final response with every id, the log-probs and the
+finish reason. A request carrying only `cancel_key` cancels the request sent with that `request_key`,
 which leaves the batch at the next step.
 """
 from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 
 import numpy as np
 
@@ -28,7 +31,7 @@ INPUTS = {"input_ids": ("TYPE_INT32", [-1]), "prompt_embedding_table": ("TYPE_FP
 OUTPUTS = {"output_ids": ("TYPE_INT32", [-1]), "output_log_probs": ("TYPE_FP32", [-1]),
            "finish_reason": ("TYPE_STRING", [1])}
 DECOUPLED = True
-PROGRESS_EVERY = 16
+PROGRESS_INTERVAL_S = 0.1
 METRICS = {"active_sequences": "GAUGE", "queued_requests": "GAUGE", "steps": "COUNTER", "step_sequences": "COUNTER",
            "prefills": "COUNTER", "cancelled": "COUNTER", "kv_tokens_used": "GAUGE", "kv_tokens_free": "GAUGE"}
 
@@ -44,8 +47,8 @@ class LLMModel:
         llm: a LanguageModel with submit(ids, table, sampling, on_token, on_done) -> handle.
     """
 
-    def __init__(self, llm):
-        self.llm = llm
+    def __init__(self, llm, stream_interval_s: float = 0.0):
+        self.llm, self.stream_interval_s = llm, stream_interval_s
         self._running: dict[str, object] = {}   # request_key → handle, for cancel_key
         self._lock = threading.Lock()
 
@@ -68,15 +71,19 @@ class LLMModel:
         table = inputs.get("prompt_embedding_table")
         table = None if table is None or table.size == 0 else torch.from_numpy(np.asarray(table, np.float32))
         sampling = SamplingSettings(**json_of(inputs["sampling"], "sampling"))
-        chunk = 1 if bool(scalar_of(inputs.get("streaming"), "streaming") or False) else PROGRESS_EVERY
+        streaming = bool(scalar_of(inputs.get("streaming"), "streaming") or False)
+        interval = self.stream_interval_s if streaming else PROGRESS_INTERVAL_S
         key = text_of(inputs.get("request_key"), "request_key")
         pending: list[int] = []
+        last = [0.0 if streaming else time.monotonic()]  # a stream's first id goes out at once
 
         def on_token(tid: int) -> None:
             pending.append(tid)
-            if len(pending) >= chunk:
+            now = time.monotonic()
+            if now - last[0] >= interval:
                 call.send({"output_ids": np.asarray(pending, np.int32)})
                 pending.clear()
+                last[0] = now
 
         def on_done(out, error) -> None:
             if key is not None:
@@ -127,4 +134,5 @@ def make(params: dict[str, str], bls=None) -> LLMModel:
     eng = EngineDir.read(params["engine_dir"])
     _, backend = eng.backends(params.get("device", "auto"))
     return LLMModel(load_llm(eng, backend, load_tokenizer(eng), normalize_precision(params.get("precision", "32")),
-                             executor=ExecutorOptions.from_params(params)))
+                             executor=ExecutorOptions.from_params(params)),
+                    float(params.get("stream_interval_ms") or 0) / 1000)
