@@ -9,9 +9,12 @@ step time against batch size).
   python benchmarks/bench_batching.py --model demo      --tokens 64,256 --concurrency 1,4,8,16
   python benchmarks/bench_batching.py --model realistic --tokens 64,256 --concurrency 1,4,8,16
 
+The server runs with its default feature cache (the prompts ask 4 questions about each of 4 clips,
+so a clip is decoded once); --cache-bytes 0 turns it off and every request decodes its clip.
+
 Targets (ratios in one run): demo model, 64 tokens: the server at concurrency 8 ≥ 3× its own
 concurrency 1; realistic shape, 256 tokens: the server at concurrency 8 ≥ 3× the baseline.
-Writes results/batching_<model>.{json,md}.
+Writes results/batching_<model>[_nocache].{json,md}.
 """
 from __future__ import annotations
 
@@ -86,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-requests", type=int, default=2, help="timed baseline requests per answer length")
     ap.add_argument("--frames", type=int, default=2, help="frames per video (realistic)")
     ap.add_argument("--server-threads", type=int, default=None, help="threads of the llm (default: 1 demo, 2 realistic)")
+    ap.add_argument("--cache-bytes", type=int, default=256 * 2**20, help="the server's feature cache (0: off)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(HERE))
@@ -126,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     from videoneva.serving.serve import ServeConfig, start_server
 
     scfg = load_config(ServeConfig, [f"engine_dir={engine}", "grpc_port=0", "http_port=0", "metrics_port=0",
-                                     "cache_bytes=0", f"threads={threads}", f"llm_max_batch_size={max(levels)}",
+                                     f"cache_bytes={args.cache_bytes}", f"threads={threads}",
+                                     f"llm_max_batch_size={max(levels)}",
                                      f"max_tokens_limit={max(lengths)}", f"inference.tokens_to_generate={max(lengths)}",
                                      "startup_timeout=900"])
     with tempfile.TemporaryDirectory(prefix="bench_batching_") as work:
@@ -166,16 +171,18 @@ def main(argv: list[str] | None = None) -> int:
     report = {"benchmark": f"in-flight batching: baseline vs videoneva serve ({args.model} model)",
               "command": command_line(), "created": now_iso(),
               "settings": {**{k: str(v) for k, v in vars(args).items()}, "llm_threads": threads, "greedy": True,
-                           "ignore_eos": True, "cache_bytes": 0, "engine_dir": str(engine),
+                           "ignore_eos": True, "cache_bytes": args.cache_bytes, "engine_dir": str(engine),
                            "media": "4 H.264 clips, 10 s 640x360 30 fps, sent as bytes"},
               "machine": {**machine, "load_average_end": machine_info()["load_average"]},
               "rows": rows, "summary": summary, "same_outputs_triton_vs_baseline": same, "executor_profile": profile,
               "targets": targets}
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(report, args.out / f"batching_{args.model}.json")
+    name = f"batching_{args.model}" + ("_nocache" if args.cache_bytes == 0 else "")
+    write_json(report, args.out / f"{name}.json")
     md = [f"# In-flight batching: baseline vs `videoneva serve`, {args.model} model", "", f"`{report['command']}`", "",
           f"{report['created']}; {machine.get('cpu', '')} load average {machine['load_average']} at the start, "
-          f"{report['machine']['load_average_end']} at the end; llm threads {threads}.", "",
+          f"{report['machine']['load_average_end']} at the end; llm threads {threads}; feature cache "
+          f"{'off' if args.cache_bytes == 0 else f'{args.cache_bytes} bytes'}.", "",
           "| answer tokens | target | concurrency | requests/s | output tokens/s | TTFT p50 (s) | ITL p50 (ms) | × own c=1 | × baseline |",
           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -196,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     for tokens, p in profile.items():
         md.append(f"| {tokens} | {p['mean_batch']:.2f} | " + ", ".join(f"{k}: {v}" for k, v in p["batch_size_steps"].items())
                   + " | " + ", ".join(f"{k}: {v:.1f}" for k, v in p["step_ms_by_batch_size"].items()) + " |")
-    (args.out / f"batching_{args.model}.md").write_text("\n".join(md) + "\n")
+    (args.out / f"{name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0
 

@@ -105,7 +105,8 @@ def tokenize_with_media(tokenizer, prompt: str, num_media_tokens: int, media_tok
                           f"({', '.join(m.group() for m in found)}) and one media item is supported per prompt")
     if num_media_tokens and not found:
         raise PromptError("the prompt has no <video>/<image> token for its media; put one in the text or set "
-                          "inference.insert_media_token=left|right")
+                          "inference.insert_media_token=left|right (the NeMo infer job uses a question as given "
+                          "when inference.insert_media_token is null, as NeMo's neva_evaluation.py does)")
     if found and not num_media_tokens:
         raise PromptError(f"the prompt holds {found[0].group()} but its line has no media (0 media positions)")
     spec = media_spec_of(tokenizer)

@@ -199,3 +199,26 @@ def test_incremental_text_equals_the_whole_decode(kind):
     fallback.decode = hf.decode
     detok = IncrementalDetokenizer(fallback, [])
     assert "".join(detok.push([i]) for i in ids) + (detok.finish(full) or "") == full
+
+
+def test_a_question_without_a_media_token_gets_the_media_where_the_model_was_trained(wired, engine_dir, tmp_path):
+    """The server places media by the checkpoint's recorded convention (left when none is recorded);
+    a request's own insert_media_token wins."""
+    import shutil
+
+    from videoneva.runtime.engine import engine_front
+    from videoneva.runtime.engine_dir import EngineDir
+
+    entry, _ = wired
+    sent = []
+    out = entry(Client.inputs("What is in it?", media_type="video", media_path="clip.mp4", max_tokens=2), _Call(sent))
+    prompt = json.loads(out["result_json"][0].decode())["prompt"]
+    assert "<video>What is in it?" in prompt
+    copy = tmp_path / "engine"
+    shutil.copytree(engine_dir, copy)
+    media = json.loads((copy / "media.json").read_text())
+    media["settings"]["insert_media_token"] = "right"
+    (copy / "media.json").write_text(json.dumps(media))
+    front = engine_front(EngineDir.read(copy), load_config(InferConfig, [f"engine_dir={copy}"]), None)
+    assert "What is in it?<video>" in front.render(Request("What is in it?", "video"))
+    assert "<video>What is in it?" in front.render(Request("What is in it?", "video", insert_media_token="left"))

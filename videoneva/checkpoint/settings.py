@@ -30,7 +30,8 @@ class CheckpointSettings:
     image_mean: tuple = CLIP_MEAN
     image_std: tuple = CLIP_STD
     model_id: str = "videoneva"
-    source: dict = field(default_factory=dict)
+    insert_media_token: Optional[str] = None  # left | right: where training put the media token; servers place
+    source: dict = field(default_factory=dict)  # media there when a question has none (null: left)
 
     @classmethod
     def from_dict(cls, data: dict) -> "CheckpointSettings":

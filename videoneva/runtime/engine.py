@@ -188,11 +188,17 @@ def media_root_of(cfg: "InferConfig") -> Optional[str]:
 
 def engine_front(eng: EngineDir, cfg: "InferConfig", media_root: Optional["MediaRoot"],
                  max_num_frames: Optional[int] = None) -> "Front":
-    """The weight-free request steps of an engine directory (the Triton entry model's)."""
+    """The weight-free request steps of an engine directory (the Triton entry model's).
+
+    A question without a media token gets the media where the model was trained to see it (the
+    checkpoint's insert_media_token, else left), unless inference.insert_media_token or the
+    request says otherwise.
+    """
     from videoneva.runtime.front import Front
 
-    return Front(front_settings(eng, cfg, max_num_frames), load_tokenizer(eng), media_root, eng.vocab_size,
-                 eng.image_token_id, eng.max_context)
+    settings = front_settings(eng, cfg, max_num_frames)
+    settings.insert_media_token = settings.insert_media_token or eng.settings.insert_media_token or "left"
+    return Front(settings, load_tokenizer(eng), media_root, eng.vocab_size, eng.image_token_id, eng.max_context)
 
 
 def pipeline_from_engine_dir(engine_dir: str | Path, cfg: "InferConfig", cache_bytes: int = 256 * 2**20) -> "Pipeline":
