@@ -112,6 +112,7 @@ class KVBatch:
                  positions: torch.Tensor):
         self.tensors, self.batch_axis, self.seq_axis = tensors, batch_axis, seq_axis
         self.valid, self.positions = valid, positions
+        self.backend_state = None  # a backend's own view of the tensors (torch: its cache object)
 
     @classmethod
     def single(cls, tensors: list[torch.Tensor], batch_axis: int, seq_axis: int) -> "KVBatch":

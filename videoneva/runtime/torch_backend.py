@@ -170,11 +170,25 @@ class TorchLanguageModel(DecodeLoopLanguageModel):
         layers = out.cache.layers
         return out.logits[:, -1], KVBatch.single([x.keys for x in layers] + [x.values for x in layers], 0, 2)
 
-    def _step(self, embeds, batch: KVBatch):
+    @staticmethod
+    def _cache_of(batch: KVBatch) -> DynamicCache:
+        """The batch's tensors as the model's cache, without copying them (built again only after rows
+        joined or left; after a step the cache already holds the batch's new tensors)."""
         n = len(batch.tensors) // 2
+        cache = getattr(batch, "backend_state", None)
+        if cache is not None and all(cache.layers[i].keys is batch.tensors[i] and cache.layers[i].values is
+                                     batch.tensors[n + i] for i in range(n)):
+            return cache
         cache = DynamicCache()
-        for i in range(n):
-            cache.update(batch.tensors[i], batch.tensors[n + i], i)
+        for i in range(n):  # an empty update sets a layer up; then it takes the tensors as they are
+            k, v = batch.tensors[i], batch.tensors[n + i]
+            cache.update(k[..., :0, :], v[..., :0, :], i)
+            cache.layers[i].keys, cache.layers[i].values = k, v
+        batch.backend_state = cache
+        return cache
+
+    def _step(self, embeds, batch: KVBatch):
+        cache = self._cache_of(batch)
         if batch.rows == 1 and bool(batch.valid.all()):  # one sequence without holes: the plain causal step
             out = self.model(inputs_embeds=embeds, cache=cache, use_cache=True)
         else:  # rows of different lengths: their holes masked, each at its own position
