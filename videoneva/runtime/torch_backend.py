@@ -11,17 +11,16 @@ from transformers.generation import (
     LogitsProcessorList,
     MinNewTokensLengthLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
-    StopStringCriteria,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
 
-from videoneva.generation import SamplingSettings, split_end_strings
+from videoneva.generation import SamplingSettings, StopStrings, split_end_strings
 from videoneva.model.vision import VisionFeatures
 from videoneva.runtime.base import GenerationOutput, TokenCallback
 
-MEMO_SIZE = 64  # distinct end-string sets remembered per LLM
+MEMO_SIZE = 64  # distinct end-string sets whose split into ids / texts is remembered per LLM
 
 
 class TorchVisionEncoder:
@@ -59,7 +58,6 @@ class DecodeLoopLanguageModel:
         self.image_token_id = media_token_id
         w = embed_tokens.weight
         self.device, self.dtype = w.device, w.dtype
-        self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
         self._end_split: dict[tuple[str, ...], tuple[list[int], list[str]]] = {}
 
     def _prefill(self, embeds: torch.Tensor):
@@ -102,15 +100,9 @@ class DecodeLoopLanguageModel:
                 procs.append(TopPLogitsWarper(sampling.top_p))
         return procs
 
-    def stop_string_criteria(self, texts: tuple[str, ...]) -> Optional[StopStringCriteria]:
-        """Built once per set of end strings (it indexes the whole vocabulary)."""
-        if not texts:
-            return None
-        if texts not in self._stop_criteria:
-            if len(self._stop_criteria) >= MEMO_SIZE:
-                self._stop_criteria.clear()
-            self._stop_criteria[texts] = StopStringCriteria(self.tokenizer, list(texts))
-        return self._stop_criteria[texts]
+    def stop_strings(self, texts: list[str]) -> Optional[StopStrings]:
+        """One request's matcher for the end strings that are not single tokens (None when there are none)."""
+        return StopStrings(self.tokenizer, texts) if texts else None
 
     @torch.inference_mode()
     def generate(self, input_ids: list[int], prompt_table: Optional[torch.Tensor], sampling: SamplingSettings,
@@ -130,7 +122,7 @@ class DecodeLoopLanguageModel:
             self._end_split[ends] = split_end_strings(self.tokenizer, list(ends))
         stop_ids, stop_texts = self._end_split[ends]
         procs = self.logits_processors(sampling, stop_ids, ids.shape[1])
-        stop_text = self.stop_string_criteria(tuple(stop_texts))
+        stop_text = self.stop_strings(stop_texts)
         if sampling.seed is not None and not sampling.greedy:
             torch.manual_seed(sampling.seed)
         new: list[int] = []
@@ -151,7 +143,7 @@ class DecodeLoopLanguageModel:
             new.append(tid)
             if on_token is not None:
                 on_token(tid)
-            if tid in stop_ids or (stop_text is not None and bool(stop_text(ids, logits)[0])):
+            if tid in stop_ids or (stop_text is not None and stop_text.add(tid)):
                 finish = "stop"
                 break
             if len(new) >= sampling.tokens_to_generate:
