@@ -48,6 +48,14 @@ def read_engine_dir(engine_dir: str | Path) -> tuple[dict, dict]:
     return manifest, json.loads((d / "media.json").read_text())
 
 
+def fake_id_base(d: Path, media: dict) -> int:
+    """First media id: media.json `fake_id_base` (the TensorRT-LLM checkpoint's vocabulary, padded to a
+    multiple of 64 for AWQ); directories built without it use llm/torch/config.json's vocab_size."""
+    if "fake_id_base" in media:
+        return int(media["fake_id_base"])
+    return int(json.loads((d / "llm" / "torch" / "config.json").read_text())["vocab_size"])
+
+
 def load_engine_llm(d: Path, manifest: dict, precision: str, llm_source: Optional[str] = None):
     """The LLM for the torch backend: llm/torch weights, or the TensorRT-LLM checkpoint dequantized.
 
@@ -145,12 +153,18 @@ def load_vision(d: Path, manifest: dict, media: dict, backend: str):
     return TensorRTVisionEncoder(d / "vision" / "vision.plan", media["image_token_len"], media["hidden_size"])
 
 
-def load_llm(d: Path, manifest: dict, media: dict, backend: str, tokenizer, precision: str):
-    """The LanguageModel for `backend`; BackendUnavailable names what is missing for a GPU backend."""
+def load_llm(d: Path, manifest: dict, media: dict, backend: str, tokenizer, precision: str, device: str = "cpu"):
+    """The LanguageModel for `backend`; BackendUnavailable names what is missing for a GPU backend.
+
+    device: InferConfig.device; the torch LLM runs there (auto: CUDA when present), and device=cuda
+    without CUDA is refused.
+    """
     if backend == "torch":
+        from videoneva.runtime.loader import pick_device
         from videoneva.runtime.torch_backend import TorchLanguageModel
 
-        return TorchLanguageModel(load_engine_llm(d, manifest, precision), tokenizer, media["image_token_id"])
+        model = load_engine_llm(d, manifest, precision).to(pick_device(device))
+        return TorchLanguageModel(model, tokenizer, media["image_token_id"], fake_id_base=fake_id_base(d, media))
     if backend == "onnx":
         from transformers import AutoConfig
 
@@ -161,14 +175,19 @@ def load_llm(d: Path, manifest: dict, media: dict, backend: str, tokenizer, prec
                         precision)
         # as many intra-op threads as torch is given (serve torch_threads=N), so the backends share cores alike
         return OnnxLanguageModel(d / "llm" / "onnx", AutoConfig.from_pretrained(d / "llm" / "torch"), tokenizer,
-                                 media["image_token_id"], threads=torch.get_num_threads())
+                                 media["image_token_id"], threads=torch.get_num_threads(),
+                                 fake_id_base=fake_id_base(d, media))
     from videoneva.runtime.tensorrt_backend import BackendUnavailable
     from videoneva.runtime.trtllm_backend import TensorRTLLMLanguageModel, trtllm_unavailable_reason
 
     msg = _gpu_backend_error(d, manifest, backend, trtllm_unavailable_reason())
     if msg:
         raise BackendUnavailable(msg)
-    return TensorRTLLMLanguageModel(d / "llm" / "trtllm_engine", tokenizer, media["image_token_id"])
+    llm = TensorRTLLMLanguageModel(d / "llm" / "trtllm_engine", tokenizer, media["image_token_id"])
+    if llm.vocab_size != fake_id_base(d, media):
+        raise CheckpointError(f"{d}: the TensorRT-LLM engine's vocabulary is {llm.vocab_size} but media.json's "
+                              f"fake_id_base is {fake_id_base(d, media)}; rebuild the engine directory")
+    return llm
 
 
 def engine_settings(d: Path, cfg: InferConfig) -> tuple[dict, dict, PipelineSettings, Any, MediaRoot]:
@@ -208,7 +227,7 @@ def engine_front(engine_dir: str | Path, cfg: InferConfig) -> Front:
     if not llm_config.is_file():
         raise CheckpointError(f"{llm_config} is missing; rebuild the engine directory")
     lc = json.loads(llm_config.read_text())
-    return Front(settings, tok, root, int(lc["vocab_size"]), int(media["image_token_id"]),
+    return Front(settings, tok, root, fake_id_base(d, media), int(media["image_token_id"]),
                  int(lc["max_position_embeddings"]))
 
 
@@ -223,6 +242,6 @@ def pipeline_from_engine_dir(engine_dir: Path, cfg: InferConfig, cache_bytes: in
     vision_backend, llm_backend = select_backends(manifest, cfg.device)
     # vision first: the TensorRT-LLM executor sizes its KV cache from the GPU memory left free
     vision = load_vision(d, manifest, media, vision_backend)
-    llm = load_llm(d, manifest, media, llm_backend, tok, cfg.trainer.precision)
+    llm = load_llm(d, manifest, media, llm_backend, tok, cfg.trainer.precision, cfg.device)
     log.info("engine %s: vision %s, llm %s", d, vision_backend, llm_backend)
     return Pipeline(vision, llm, tok, settings, root, FeatureCache(cache_bytes))

@@ -47,13 +47,19 @@ class DecodeLoopLanguageModel:
     The token loop, logits processors and stop rules shared by the torch and ONNX Runtime LLMs; a
     subclass supplies `_prefill` and `_step`, which run the network. `media_token_id` is any
     in-vocabulary id that stands in for media positions in the ids the logits processors see
-    (the repetition penalty reads them).
+    (the repetition penalty reads them). `vocab_size` is the fake-id base: `fake_id_base` when
+    given (an engine directory's, media.json), else the LLM's own vocabulary size.
     """
 
     def __init__(self, embed_tokens: torch.nn.Embedding, text_config, tokenizer: PreTrainedTokenizerBase,
-                 media_token_id: int):
+                 media_token_id: int, fake_id_base: Optional[int] = None):
         self.embed_tokens, self.tokenizer = embed_tokens, tokenizer
-        self.vocab_size, self.hidden_size = text_config.vocab_size, text_config.hidden_size
+        # media positions carry ids fake_id_base + k: the TensorRT-LLM engine's (maybe padded) vocabulary
+        # when the model comes from an engine directory, so every backend reads the same ids
+        self.vocab_size = int(fake_id_base if fake_id_base is not None else text_config.vocab_size)
+        if self.vocab_size < text_config.vocab_size:
+            raise ValueError(f"fake_id_base={self.vocab_size} is below the LLM's vocabulary ({text_config.vocab_size})")
+        self.hidden_size = text_config.hidden_size
         self.max_context = int(text_config.max_position_embeddings)
         self.image_token_id = media_token_id
         w = embed_tokens.weight
@@ -167,10 +173,11 @@ class TorchLanguageModel(DecodeLoopLanguageModel):
     stored in an engine directory.
     """
 
-    def __init__(self, model, tokenizer: PreTrainedTokenizerBase, media_token_id: Optional[int] = None):
+    def __init__(self, model, tokenizer: PreTrainedTokenizerBase, media_token_id: Optional[int] = None,
+                 fake_id_base: Optional[int] = None):
         self.model = model
         super().__init__(model.get_input_embeddings(), getattr(model.config, "text_config", model.config), tokenizer,
-                         media_token_id if media_token_id is not None else model.config.image_token_id)
+                         media_token_id if media_token_id is not None else model.config.image_token_id, fake_id_base)
 
     def _prefill(self, embeds):
         out = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)

@@ -249,7 +249,7 @@ class LLMModel(_Model):
         d = Path(cfg.engine_dir)
         manifest, media, _, tok, _ = engine_settings(d, cfg)
         _, backend = select_backends(manifest, cfg.device)  # ONNX Runtime or torch on CPU, TensorRT-LLM on GPU
-        self.llm = load_llm(d, manifest, media, backend, tok, cfg.trainer.precision)
+        self.llm = load_llm(d, manifest, media, backend, tok, cfg.trainer.precision, cfg.device)
         super().__init__(args)
 
     def execute(self, requests):
