@@ -88,6 +88,18 @@ def test_trtllm_reason_names_the_missing_package(no_module):
     assert "`tensorrt_llm` Python package is not installed" in llm_b.trtllm_unavailable_reason()
 
 
+def test_trtllm_reason_tells_a_broken_install_from_a_missing_one(tmp_path, monkeypatch):
+    """A tensorrt_llm whose import fails inside (as TensorRT-LLM <= 1.2 does next to transformers 5)."""
+    pkg = tmp_path / "tensorrt_llm"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from transformers import AutoModelForVision2Seq  # gone in transformers 5\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tensorrt_llm", raising=False)
+    reason = llm_b.trtllm_unavailable_reason()
+    assert reason.startswith("tensorrt_llm is installed but broken") and "AutoModelForVision2Seq" in reason
+    assert "not installed" not in reason and "transformers 5." in reason
+
+
 def test_trtllm_reason_without_bindings(monkeypatch, no_module):
     monkeypatch.setitem(sys.modules, "tensorrt_llm", type(sys)("tensorrt_llm"))
     no_module("tensorrt_llm.bindings")

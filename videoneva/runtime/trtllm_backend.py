@@ -26,17 +26,38 @@ ENGINE_FILES = ("config.json", "rank0.engine")
 
 
 def trtllm_unavailable_reason() -> Optional[str]:
-    """None when a TensorRT-LLM engine can run here, else what is missing (module, C++ bindings, CUDA)."""
+    """None when a TensorRT-LLM engine can run here, else what is missing or broken (module, C++ bindings, CUDA).
+
+    "Not installed" (no `tensorrt_llm` module) and "broken install" (the module is there but importing it
+    fails, e.g. a TensorRT-LLM release that needs transformers 4.x next to transformers 5) are told
+    apart, since they are fixed differently.
+    """
     try:
         import tensorrt_llm  # noqa: F401
     except ImportError as exc:
-        return (f"the `tensorrt_llm` Python package is not installed ({exc}); install the TensorRT-LLM version "
-                "the engine was built with (NVIDIA's wheel or the Triton TensorRT-LLM container)")
+        if exc.name == "tensorrt_llm":
+            return (f"the `tensorrt_llm` Python package is not installed ({exc}); install the TensorRT-LLM version "
+                    "the engine was built with (NVIDIA's wheel or the Triton TensorRT-LLM container)")
+        return _broken_install(exc)
+    except Exception as exc:  # an installed package whose import raises anything else is broken as well
+        return _broken_install(exc)
     try:
         import tensorrt_llm.bindings  # noqa: F401  (ModelRunnerCpp wraps the C++ executor)
     except ImportError as exc:
         return f"tensorrt_llm has no C++ bindings ({exc}); ModelRunnerCpp needs a full TensorRT-LLM install"
     return cuda_unavailable_reason()
+
+
+def _broken_install(exc: BaseException) -> str:
+    from importlib import metadata
+
+    try:
+        transformers = metadata.version("transformers")
+    except metadata.PackageNotFoundError:
+        transformers = "none"
+    return (f"tensorrt_llm is installed but broken: importing it failed with {type(exc).__name__}: {exc} "
+            f"(transformers {transformers} is installed; TensorRT-LLM releases up to 1.2 need transformers 4.x, "
+            "see docs/gpu-image.md)")
 
 
 def check_engine_dir(engine_dir: str | Path) -> Path:
