@@ -6,9 +6,15 @@ vocab_size + k (vocab_size of the *engine*, padded to a multiple of 64 for AWQ c
 as tensorrt_llm/runtime/multimodal_model_runner.py does. `tensorrt_llm` is imported only when a
 model is built, so CPU users never need it. The pure helpers below (kwargs, table, output
 parsing) are what the CPU tests check.
+
+With VIDEONEVA_TRTLLM_PYTHON=/path/to/python the engine runs in a worker process under that
+interpreter (trtllm_worker.py), so TensorRT-LLM keeps the transformers version it pins while
+this process has transformers 5 (the GPU image: docs/gpu-image.md).
 """
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +27,10 @@ from videoneva.errors import CheckpointError, PromptError
 from videoneva.generation import SamplingSettings, split_end_strings, trtllm_sampling_kwargs
 from videoneva.runtime.base import GenerationOutput, TokenCallback
 from videoneva.runtime.tensorrt_backend import BackendUnavailable, cuda_unavailable_reason
+from videoneva.runtime.trtllm_worker import WorkerRunner, runner_info
 
 ENGINE_FILES = ("config.json", "rank0.engine")
+PYTHON_ENV = "VIDEONEVA_TRTLLM_PYTHON"  # the interpreter that runs TensorRT-LLM, when not this one
 
 
 def trtllm_unavailable_reason() -> Optional[str]:
@@ -32,6 +40,17 @@ def trtllm_unavailable_reason() -> Optional[str]:
     fails, e.g. a TensorRT-LLM release that needs transformers 4.x next to transformers 5) are told
     apart, since they are fixed differently.
     """
+    python = os.environ.get(PYTHON_ENV)
+    if python:
+        try:
+            proc = subprocess.run([python, "-c", "import tensorrt_llm, tensorrt_llm.bindings"], capture_output=True,
+                                  text=True, timeout=600)
+        except OSError as exc:
+            return f"{PYTHON_ENV}={python} cannot be run ({exc})"
+        if proc.returncode:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            return f"tensorrt_llm does not import under {PYTHON_ENV}={python}: {last}"
+        return cuda_unavailable_reason()
     try:
         import tensorrt_llm  # noqa: F401
     except ImportError as exc:
@@ -231,20 +250,24 @@ class TensorRTLLMLanguageModel:
         reason = trtllm_unavailable_reason()
         if reason is not None:
             raise BackendUnavailable(f"cannot run the TensorRT-LLM engine {d}: {reason}")
-        import tensorrt_llm
-        from tensorrt_llm.runtime import ModelRunnerCpp
+        python = os.environ.get(PYTHON_ENV)
+        if python:
+            self.runner = WorkerRunner(python, d, kv_cache_free_gpu_memory_fraction)
+            info, self.table_device = self.runner.info, torch.device("cpu")  # the worker moves it to the GPU
+        else:
+            import tensorrt_llm
+            from tensorrt_llm.runtime import ModelRunnerCpp
 
-        self.runner = ModelRunnerCpp.from_dir(str(d), rank=tensorrt_llm.mpi_rank(),
-                                              kv_cache_free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction)
-        r = self.runner
+            self.runner = ModelRunnerCpp.from_dir(str(d), rank=tensorrt_llm.mpi_rank(),
+                                                  kv_cache_free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction)
+            info, self.table_device = runner_info(self.runner), torch.device("cuda")  # ModelRunnerCpp moves it there
         self.engine_dir, self.tokenizer, self.image_token_id = d, tokenizer, media_token_id
-        self.vocab_size = int(r.vocab_size)                      # fake ids start here (the engine's, maybe padded)
-        self.hidden_size = int(r.hidden_size) * int(r.mapping.tp_size)
-        self.max_context = int(r.max_seq_len)
-        self.max_input_len = int(r.max_input_len)
-        self.max_table_rows = int(r.max_prompt_embedding_table_size)
-        self.dtype = r.dtype
-        self.table_device = torch.device("cuda")  # ModelRunnerCpp moves the table there anyway
+        self.vocab_size = info["vocab_size"]  # fake ids start here (the engine's, maybe padded)
+        self.hidden_size = info["hidden_size"]
+        self.max_context = info["max_seq_len"]
+        self.max_input_len = info["max_input_len"]
+        self.max_table_rows = info["max_prompt_embedding_table_size"]
+        self.dtype = getattr(torch, info["dtype"])
 
     @torch.inference_mode()
     def generate(self, input_ids: list[int], prompt_table: Optional[torch.Tensor], sampling: SamplingSettings,
