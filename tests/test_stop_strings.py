@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CORPUS
-from tokenizer_kinds import KINDS, train
+from tokenizer_kinds import KINDS, TEXTS, train
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from videoneva.generation import SamplingSettings, StopStrings, split_end_strings
@@ -16,7 +15,7 @@ TEXT = "The video shows two shapes. How many shapes are there? The answer is 2."
 
 @pytest.fixture(scope="module", params=KINDS)
 def tokenizer(request):
-    return train(request.param, CORPUS + ["naïve café 🙂 ok"], SPECIALS)
+    return train(request.param, TEXTS + ["naïve café 🙂 ok"], SPECIALS)
 
 
 def first_stop(tok, ids: list[int], ends: list[str]):
@@ -47,7 +46,7 @@ def test_end_strings_outside_the_vocabulary_and_special_tokens(tokenizer):
 
 
 def test_multi_byte_characters_split_over_byte_tokens():
-    tok = train("bpe", CORPUS, SPECIALS)
+    tok = train("bpe", TEXTS, SPECIALS)
     ids = tok.encode("a café 🙂 ok then", add_special_tokens=False)
     assert len(ids) > len("a café 🙂 ok then".split())  # the emoji's four bytes are separate tokens here
     k = first_stop(tok, ids, ["🙂 ok"])

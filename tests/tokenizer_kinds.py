@@ -5,6 +5,14 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import PreTrainedTokenizerFast
 
 KINDS = ("bpe", "unigram", "wordpiece", "wordlevel")
+# training text: the demo questions and answers, and the vicuna system prompt
+TEXTS = [
+    "What color is the shape? It is red. Is it green, blue or yellow? A circle, a square or a triangle.",
+    "Can you describe the scene? The video shows two shapes moving left, right, up and down.",
+    "How many shapes are there? There are one, two or three. The answer is 2.",
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the user's questions. USER: ASSISTANT:",
+] * 20
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 
 
