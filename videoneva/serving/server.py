@@ -102,7 +102,7 @@ def server_env(server: Path) -> dict:
     env = dict(os.environ)
     libs = [sysconfig.get_config_var("LIBDIR") or ""]
     pt = _pytriton_dir()
-    if pt is not None:
+    if pt is not None and str(server).startswith(str(pt)):  # the wheel's libraries for the wheel's server only
         libs.append(str(pt.parent.parent / "nvidia_pytriton.libs"))
     if env.get("LD_LIBRARY_PATH"):
         libs.append(env["LD_LIBRARY_PATH"])
