@@ -25,13 +25,16 @@ ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 \
     VIDEONEVA_IMAGE=${TRITON_TRTLLM_IMAGE} \
     VIDEONEVA_TRTLLM_PYTHON=/usr/bin/python3
 WORKDIR /opt/videoneva
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md Makefile ./
 COPY videoneva ./videoneva
 COPY engine_build ./engine_build
 COPY triton_repo ./triton_repo
+# for `make gpu-check GPU_PYTHON=/opt/videoneva/venv/bin/python` inside the image
+COPY benchmarks ./benchmarks
+COPY tests ./tests
 RUN python3 -m venv --system-site-packages /opt/videoneva/venv \
  && /opt/videoneva/venv/bin/pip install 'transformers>=5.0' 'nvidia-modelopt[torch]>=0.47' \
- && /opt/videoneva/venv/bin/pip install -e '.[gpu,serve,dali-cuda12,quant]' \
+ && /opt/videoneva/venv/bin/pip install -e '.[gpu,serve,dali-cuda12,quant,dev]' \
  && /opt/videoneva/venv/bin/python -c "import transformers, videoneva; print('transformers', transformers.__version__)" \
  && /usr/bin/python3 -c "import tensorrt_llm; print('tensorrt_llm', tensorrt_llm.__version__)"
 # venv first: `videoneva` and the Triton stubs run in it; `tritonserver` (/opt/tritonserver/bin) and
