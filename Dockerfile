@@ -1,36 +1,45 @@
-# GPU image: Triton Inference Server with the TensorRT-LLM backend, videoneva, DALI.
+# GPU image: Triton Inference Server with TensorRT-LLM, videoneva in its own virtual environment.
 #
 #   docker build -t videoneva:gpu .
-#   docker run --gpus all -p 8001:8001 -v /path/to/ckpt:/ckpt -v /path/to/engines:/engines \
-#       videoneva:gpu /ckpt /engines/demo
+#   docker run --gpus all --shm-size=4g -p 8000:8000 -p 8001:8001 -p 8002:8002 \
+#       -v /path/to/ckpt:/ckpt -v /path/to/engines:/engines videoneva:gpu /ckpt /engines/model \
+#       [build.KEY=VALUE …] [serve.KEY=VALUE …]
 #
-# The entry builds the engine directory from the checkpoint when it is missing (TensorRT vision
-# plan + trtllm-build on the GPU), then serves it. This image cannot be built on the CPU-only
-# machines this project is developed on (no Docker engine, and the base image and TensorRT /
-# TensorRT-LLM wheels come from NVIDIA's registry, which they cannot reach).
+# Written for nvcr.io/nvidia/tritonserver:25.10-trtllm-python-py3: TensorRT-LLM
+# 1.0.0, TensorRT 10.11, CUDA 12.9 (driver 575 or a data-center driver with forward compatibility),
+# Python 3.12. Not yet built or run on a GPU: see docs/gpu-image.md.
+#
+# Two Python environments, because TensorRT-LLM up to 1.2 pins transformers 4.x and videoneva
+# needs transformers 5:
+#   - the container's python3: TensorRT-LLM with its own transformers. It runs `trtllm-build` and,
+#     through VIDEONEVA_TRTLLM_PYTHON, the TensorRT-LLM engine at serving time
+#     (videoneva/runtime/trtllm_worker.py, a worker process the `llm` model talks to over pipes).
+#   - /opt/videoneva/venv (--system-site-packages, so it sees the container's torch and tensorrt):
+#     videoneva with transformers 5, nvidia-modelopt, onnxruntime-gpu and DALI for CUDA 12. It runs
+#     `videoneva build` / `serve` and every Triton python model.
 ARG TRITON_TRTLLM_IMAGE=nvcr.io/nvidia/tritonserver:25.10-trtllm-python-py3
 FROM ${TRITON_TRTLLM_IMAGE}
+ARG TRITON_TRTLLM_IMAGE
 
-ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
+ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 \
+    VIDEONEVA_IMAGE=${TRITON_TRTLLM_IMAGE} \
+    VIDEONEVA_TRTLLM_PYTHON=/usr/bin/python3
 WORKDIR /opt/videoneva
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md Makefile ./
 COPY videoneva ./videoneva
 COPY engine_build ./engine_build
 COPY triton_repo ./triton_repo
-# torch, tensorrt and tensorrt_llm come with the base image; add ours, DALI (NVDEC decode) and modelopt.
-RUN python3 -m pip install -e '.[serve,dali,quant]'
+# for `make gpu-check GPU_PYTHON=/opt/videoneva/venv/bin/python` inside the image
+COPY benchmarks ./benchmarks
+COPY tests ./tests
+RUN python3 -m venv --system-site-packages /opt/videoneva/venv \
+ && /opt/videoneva/venv/bin/pip install 'transformers>=5.0' 'nvidia-modelopt[torch]>=0.47' \
+ && /opt/videoneva/venv/bin/pip install -e '.[gpu,serve,dali-cuda12,quant,dev]' \
+ && /opt/videoneva/venv/bin/python -c "import transformers, videoneva; print('transformers', transformers.__version__)" \
+ && /usr/bin/python3 -c "import tensorrt_llm; print('tensorrt_llm', tensorrt_llm.__version__)"
+# venv first: `videoneva` and the Triton stubs run in it; `tritonserver` (/opt/tritonserver/bin) and
+# `trtllm-build` (the container's python3) stay the container's own.
+ENV PATH=/opt/videoneva/venv/bin:${PATH}
 
-COPY <<'ENTRY' /usr/local/bin/videoneva-entry
-#!/usr/bin/env bash
-# usage: videoneva-entry CHECKPOINT ENGINE_DIR [extra build/serve key=value …]
-set -euo pipefail
-ckpt=$1 engine=$2; shift 2
-if [ ! -f "$engine/manifest.json" ]; then
-  videoneva build checkpoint="$ckpt" output="$engine" vision.backend=tensorrt llm.backend=tensorrt_llm \
-    quantization.enable="${QUANTIZE:-false}" trainer.precision="${PRECISION:-bf16}" "$@"
-fi
-exec videoneva serve engine_dir="$engine" host=0.0.0.0 "$@"
-ENTRY
-RUN chmod +x /usr/local/bin/videoneva-entry
 EXPOSE 8000 8001 8002
-ENTRYPOINT ["/usr/local/bin/videoneva-entry"]
+ENTRYPOINT ["/opt/videoneva/venv/bin/python", "-m", "engine_build.image_entry"]

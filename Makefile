@@ -3,14 +3,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch first, so nothing below pulls the multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[serve,dali,quant,dev]'
+	$(PY) -m pip install -q -e '.[cpu,serve,dali,quant,dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -25,6 +25,13 @@ demo: setup
 bench: setup
 	$(PY) benchmarks/bench_serving.py --model demo
 	$(PY) benchmarks/bench_components.py
+
+# Every GPU path that needs no TensorRT, plus TensorRT / TensorRT-LLM / DALI where they import, on this
+# machine's GPU (benchmarks/gpu_check.py; results in benchmarks/results/gpu_check.{json,md}). Runs with
+# the Python that has CUDA torch (GPU_PYTHON), not the CPU venv; without CUDA it says what it skipped.
+GPU_PYTHON ?= python3
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) outputs engines

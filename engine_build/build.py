@@ -1,10 +1,14 @@
 """`videoneva build checkpoint=DIR output=DIR …`: checkpoint → engine directory (atomic, self-describing).
 
-Steps, each reading only the previous stage's output: load + validate (before any long work) →
-vision encoder to ONNX (+ TensorRT plan on GPU) → LLM weights for the torch backend (+ the LLM as
-ONNX with its KV cache when llm.backend=onnx) → TensorRT-LLM
-checkpoint (AWQ W4A16 through modelopt when quantization.enable) → trtllm-build on GPU →
-tokenizer, media.json, manifest.json → rename into place.
+Steps, each reading only the previous stage's output: load + validate (plan.py: every check that
+can fail fast, before any long work) → vision encoder to ONNX (+ TensorRT plan on GPU) → LLM
+weights for the torch backend (+ the LLM as ONNX with its KV cache when llm.backend=onnx) →
+TensorRT-LLM checkpoint (AWQ W4A16 or FP8 through modelopt when quantization.enable) →
+trtllm-build on GPU → tokenizer, media.json, manifest.json → rename into place.
+
+media.json records `fake_id_base`: the vocabulary size of the TensorRT-LLM checkpoint (modelopt
+pads it to a multiple of 64 for AWQ). Media positions carry ids fake_id_base + k on every path
+(in-process, Triton preprocess, every LLM backend), so they agree with the engine's.
 """
 from __future__ import annotations
 
@@ -12,13 +16,11 @@ import dataclasses
 import hashlib
 import json
 import logging
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
@@ -27,8 +29,9 @@ import torch
 from videoneva.checkpoint.native import LoadedCheckpoint, load_checkpoint
 from videoneva.config import DataConfig, QuantizationConfig, TrainerConfig, _help, config_help, load_config
 from videoneva.errors import ConfigError
-from videoneva.model.vision import tokens_per_frame
 from videoneva.runtime.engine_dir import ENGINE_FORMAT
+
+from engine_build.plan import QUANT_ALGORITHMS, build_environment, plan_build
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +66,10 @@ class BuildConfig:
     tensor_model_parallel_size: int = _help("TensorRT-LLM tensor parallel size", default=1)
     pipeline_model_parallel_size: int = _help("TensorRT-LLM pipeline parallel size", default=1)
     max_batch_size: int = _help("requests per engine batch", default=8)
-    max_input_len: int = _help("prompt tokens incl. media positions", default=4096)
-    max_output_len: int = _help("generated tokens", default=256)
+    max_input_len: Optional[int] = _help("prompt tokens incl. media positions (default: the model's context "
+                                         "minus max_output_len)", default=None)
+    max_output_len: Optional[int] = _help("generated tokens (default: 256, less when the context is short)",
+                                          default=None)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     vision: VisionBuildConfig = field(default_factory=VisionBuildConfig)
     llm: LlmBuildConfig = field(default_factory=LlmBuildConfig)
@@ -81,11 +86,11 @@ class BuildConfig:
                               "llm.backend=tensorrt_llm (GPU) or, dequantized, on llm.backend=torch")
         for key in ("max_batch_size", "max_input_len", "max_output_len", "tensor_model_parallel_size",
                     "pipeline_model_parallel_size"):
-            if getattr(self, key) < 1:
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.quantization.enable and self.quantization.algorithm not in ("awq", "fp8"):
+        if self.quantization.enable and self.quantization.algorithm not in QUANT_ALGORITHMS:
             raise ConfigError(f"quantization.algorithm={self.quantization.algorithm!r} is not supported by the "
-                              "build; choose one of ['awq', 'fp8']")
+                              f"build; choose one of {list(QUANT_ALGORITHMS)}")
 
 
 def checkpoint_hash(path: str | Path) -> str:
@@ -100,48 +105,6 @@ def checkpoint_hash(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("videoneva", "torch", "transformers", "onnx", "onnxruntime", "nvidia-modelopt", "tensorrt", "tensorrt_llm"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def plan_build(cfg: BuildConfig, ckpt: LoadedCheckpoint) -> dict:
-    """Validate settings against the model before any long work; returns derived sizes."""
-    s = ckpt.settings
-    pool = cfg.data.frame_token_pool or s.frame_token_pool
-    tpf = tokens_per_frame(ckpt.image_size, ckpt.patch_size, pool)
-    if cfg.data.image_token_len not in (None, tpf):
-        raise ConfigError(f"data.image_token_len={cfg.data.image_token_len} conflicts with the model: "
-                          f"({ckpt.image_size} // {ckpt.patch_size} // pool {pool})^2 = {tpf}")
-    num_frames = cfg.data.num_frames if cfg.data.num_frames is not None else s.num_frames
-    if num_frames == -1:
-        raise ConfigError("data.num_frames=-1 (all frames) cannot size an engine; give a frame count")
-    frames = 1 if (cfg.data.splice_single_frame or s.splice_single_frame) else num_frames
-    media_len = frames * tpf
-    if cfg.max_input_len <= media_len:
-        raise ConfigError(f"max_input_len={cfg.max_input_len} leaves no room for text: one video takes "
-                          f"{frames} frames × {tpf} tokens = {media_len} positions")
-    ctx = int(ckpt.model.config.text_config.max_position_embeddings)
-    if cfg.max_input_len + cfg.max_output_len > ctx:
-        raise ConfigError(f"max_input_len + max_output_len = {cfg.max_input_len + cfg.max_output_len} exceeds the "
-                          f"model's context ({ctx})")
-    tc = ckpt.model.config.text_config
-    if cfg.quantization.enable and cfg.quantization.algorithm == "awq":
-        from engine_build.llm import check_awq_settings
-
-        check_awq_settings(tc, cfg.quantization.group_size, cfg.tensor_model_parallel_size,
-                           cfg.pipeline_model_parallel_size)
-    from engine_build.commands import max_multimodal_len
-
-    return {"tokens_per_frame": tpf, "num_frames": num_frames, "frame_token_pool": pool,
-            "max_multimodal_len": max_multimodal_len(cfg.max_batch_size, frames, tpf)}
-
-
 def _calibration_batches(cfg: BuildConfig, ckpt: LoadedCheckpoint, plan: dict) -> list[dict]:
     """Real multimodal samples as LLM inputs (inputs_embeds with visual rows), not random token ids."""
     from videoneva.media.settings import MediaSettings
@@ -149,16 +112,12 @@ def _calibration_batches(cfg: BuildConfig, ckpt: LoadedCheckpoint, plan: dict) -
     from videoneva.model.vision import VisionFeatures
     from videoneva.train.data import ConversationDataset, load_conversations
 
-    q = cfg.quantization
-    path = q.calib_data or ckpt.settings.source.get("data_path")
-    if not path:
-        raise ConfigError("quantization.enable=true needs real calibration samples: set quantization.calib_data="
-                          "FILE.json (LLaVA conversation json with videos/images)")
-    records = load_conversations(path)[: q.num_samples]
+    path, media_root = plan["calibration"]  # checked by plan_build
+    records = load_conversations(path)[: cfg.quantization.num_samples]
     s, size = ckpt.settings, ckpt.image_size
     media = dataclasses.replace(MediaSettings.from_checkpoint(s, size), num_frames=plan["num_frames"])
     vision = VisionFeatures(ckpt.model, plan["frame_token_pool"]).eval()
-    root = MediaRoot(q.calib_media_root or Path(path).parent)
+    root = MediaRoot(media_root)
     ds = ConversationDataset(records, ckpt.tokenizer, s.conv_template, media, root, vision.tokens, cache_media=False)
     emb, image_id, batches = ckpt.model.get_input_embeddings(), ckpt.model.config.image_token_id, []
     with torch.inference_mode():
@@ -221,9 +180,10 @@ def build(cfg: BuildConfig) -> dict:
             built["llm_onnx"] = export_llm_onnx(lm, tmp / "llm" / "onnx", opset=cfg.llm.opset)
         # 3. TensorRT-LLM checkpoint (AWQ when asked), calibrated on real multimodal samples
         quantized = cfg.quantization.enable
+        algorithm = cfg.quantization.algorithm if quantized else None
         if quantized:
             batches = _calibration_batches(cfg, ckpt, plan)
-            lm = llm_build.quantize_awq(lm, batches, group_size=cfg.quantization.group_size)
+            lm = llm_build.quantize(lm, algorithm, batches, group_size=cfg.quantization.group_size)
         export_dtype = "float16" if precision == "32" else trt_dtype  # TensorRT-LLM engines run fp16/bf16
         ck_cfg = llm_build.export_trtllm_checkpoint(lm, tmp / "llm" / "trtllm_ckpt", export_dtype,
                                                     cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size)
@@ -231,8 +191,9 @@ def build(cfg: BuildConfig) -> dict:
                                       "dtype": ck_cfg.get("dtype")}
         # 4. TensorRT-LLM engine
         build_cmd = commands.trtllm_build_command(
-            tmp / "llm" / "trtllm_ckpt", tmp / "llm" / "trtllm_engine", cfg.max_batch_size, cfg.max_input_len,
-            cfg.max_output_len, plan["max_multimodal_len"], export_dtype)
+            tmp / "llm" / "trtllm_ckpt", tmp / "llm" / "trtllm_engine", cfg.max_batch_size, plan["max_input_len"],
+            plan["max_output_len"], plan["max_multimodal_len"], export_dtype,
+            gemm_plugin="auto" if algorithm == "fp8" else None)
         if cfg.llm.backend == "tensorrt_llm":
             built_engine = llm_build.run_trtllm_build(build_cmd) if hasattr(llm_build, "run_trtllm_build") else None
             if built_engine is None:
@@ -248,13 +209,14 @@ def build(cfg: BuildConfig) -> dict:
         media = {"settings": dataclasses.asdict(settings), "image_size": ckpt.image_size,
                  "patch_size": ckpt.patch_size, "image_token_len": plan["tokens_per_frame"],
                  "hidden_size": ckpt.model.config.text_config.hidden_size,
-                 "image_token_id": ckpt.model.config.image_token_id}
+                 "image_token_id": ckpt.model.config.image_token_id,
+                 "fake_id_base": int(ck_cfg["vocab_size"])}
         (tmp / "media.json").write_text(json.dumps(media, indent=2) + "\n")
         manifest = {
             "format_version": ENGINE_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "source": {"checkpoint": str(cfg.checkpoint), "kind": ckpt.kind, "sha256": checkpoint_hash(cfg.checkpoint)},
-            "settings": dataclasses.asdict(cfg), "derived": plan, "versions": _versions(),
-            "llm": {"quantized": quantized, "algorithm": cfg.quantization.algorithm if quantized else None},
+            "settings": dataclasses.asdict(cfg), "derived": plan, **build_environment(),
+            "llm": {"quantized": quantized, "algorithm": algorithm},
             "built": built, "skipped": skipped, "build_seconds": round(time.perf_counter() - t0, 2),
         }
         # paths and commands recorded while building name the final directory, not the temporary one

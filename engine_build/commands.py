@@ -75,7 +75,7 @@ def max_multimodal_len(max_batch_size: int, num_frames: int, image_token_len: in
 
 def trtllm_build_command(ckpt_dir, engine_dir, max_batch_size: int, max_input_len: int, max_output_len: int,
                          max_multimodal_len: int, dtype: str, max_num_tokens: int | None = None,
-                         workers: int = 1) -> list[str]:
+                         workers: int = 1, gemm_plugin: str | None = None) -> list[str]:
     """trtllm-build line for the LLM engine: gemm plugin, paged KV cache, packed inputs, prompt table.
 
     Args:
@@ -88,6 +88,8 @@ def trtllm_build_command(ckpt_dir, engine_dir, max_batch_size: int, max_input_le
         dtype: the checkpoint dtype; the gemm plugin runs in it.
         max_num_tokens: tokens per batch after padding removal (trtllm-build's default when None).
         workers: parallel engine builds (one per GPU) for tp/pp checkpoints.
+        gemm_plugin: the gemm plugin's type when it is not `dtype`: "auto" for an FP8 checkpoint, as
+            NVIDIA/TensorRT-LLM examples/models/core/llama/README.md builds FP8 engines.
     """
     if dtype not in _LLM_DTYPES:
         raise ConfigError(f"dtype={dtype!r} is not valid for trtllm-build; choose one of {list(_LLM_DTYPES)}")
@@ -100,7 +102,7 @@ def trtllm_build_command(ckpt_dir, engine_dir, max_batch_size: int, max_input_le
     cmd = ["trtllm-build", "--checkpoint_dir", str(Path(ckpt_dir)), "--output_dir", str(Path(engine_dir)),
            "--max_batch_size", str(max_batch_size), "--max_input_len", str(max_input_len),
            "--max_seq_len", str(max_input_len + max_output_len),
-           "--gemm_plugin", dtype, "--gpt_attention_plugin", dtype,
+           "--gemm_plugin", gemm_plugin or dtype, "--gpt_attention_plugin", dtype,
            "--kv_cache_type", "paged", "--remove_input_padding", "enable", "--use_paged_context_fmha", "enable"]
     if max_multimodal_len > 0:
         cmd += ["--max_multimodal_len", str(max_multimodal_len)]

@@ -1,4 +1,5 @@
-"""LLM side of the build: standalone causal LM, AWQ W4A16 through modelopt, TensorRT-LLM checkpoint, trtllm-build."""
+"""LLM side of the build: standalone causal LM, AWQ W4A16 or FP8 through modelopt, TensorRT-LLM checkpoint,
+trtllm-build."""
 from __future__ import annotations
 
 import copy
@@ -127,9 +128,24 @@ def quantize_awq(lm: PreTrainedModel, calib_batches: Iterable[dict], group_size:
     import modelopt.torch.quantization as mtq
 
     check_awq_settings(lm.config, group_size)
+    t0 = time.perf_counter()
+    lm = mtq.quantize(lm, awq_config(group_size), calibration_loop(lm, calib_batches, "AWQ"))
+    log.info("AWQ calibration took %.1f s", time.perf_counter() - t0)
+    return lm
+
+
+def calibration_loop(lm: PreTrainedModel, calib_batches: Iterable[dict], what: str):
+    """modelopt's forward_loop: every calibration batch through the model, on its device and dtype.
+
+    Args:
+        lm: the model being quantized.
+        calib_batches: model kwargs per forward (see quantize_awq).
+        what: the algorithm's name, for the error when there are no samples.
+    """
     batches = list(calib_batches)
     if not batches:
-        raise ConfigError("AWQ calibration needs at least one sample; quantization.num_samples / calib_data gave none")
+        raise ConfigError(f"{what} calibration needs at least one sample; quantization.num_samples / calib_data "
+                          "gave none")
     p = next(lm.parameters())
 
     def forward_loop(model):
@@ -137,25 +153,51 @@ def quantize_awq(lm: PreTrainedModel, calib_batches: Iterable[dict], group_size:
             for b in batches:
                 model(**_to_model(b, p.device, p.dtype))
 
+    return forward_loop
+
+
+def quantize_fp8(lm: PreTrainedModel, calib_batches: Iterable[dict]) -> PreTrainedModel:
+    """FP8 (E4M3) weights and activations with per-tensor scales (modelopt FP8_DEFAULT_CFG), calibrated on
+    real samples; returns the fake-quantized model (in place). Engines run it on Hopper or newer GPUs.
+
+    Args:
+        lm: a causal LM (from extract_causal_lm).
+        calib_batches: model kwargs per forward (see quantize_awq).
+    """
+    import modelopt.torch.quantization as mtq
+
     t0 = time.perf_counter()
-    lm = mtq.quantize(lm, awq_config(group_size), forward_loop)
-    log.info("AWQ calibration on %d samples took %.1f s", len(batches), time.perf_counter() - t0)
+    lm = mtq.quantize(lm, copy.deepcopy(mtq.FP8_DEFAULT_CFG), calibration_loop(lm, calib_batches, "FP8"))
+    log.info("FP8 calibration took %.1f s", time.perf_counter() - t0)
     return lm
 
 
-def _rope_fields(text_config) -> dict:
-    """rotary_base / rotary_scaling as TensorRT-LLM's LLaMAConfig reads them (tensorrt_llm/models/llama/config.py).
+def quantize(lm: PreTrainedModel, algorithm: str, calib_batches: Iterable[dict], group_size: int = 128
+             ) -> PreTrainedModel:
+    """quantize_awq (algorithm "awq") or quantize_fp8 ("fp8"); ConfigError names the supported ones otherwise."""
+    if algorithm == "awq":
+        return quantize_awq(lm, calib_batches, group_size)
+    if algorithm == "fp8":
+        return quantize_fp8(lm, calib_batches)
+    raise ConfigError(f"quantization.algorithm={algorithm!r} is not supported; choose one of ['awq', 'fp8']")
 
-    modelopt 0.47 looks for `rope_theta` on the config; transformers 5 keeps it in `rope_parameters`,
-    so without this the checkpoint silently falls back to TensorRT-LLM's default base 10000.
+
+def rope_fields(text_config) -> dict:
+    """rotary_base / rotary_scaling of a TensorRT-LLM Llama checkpoint, from a transformers (4 or 5) config.
+
+    TensorRT-LLM reads them in LLaMAConfig (tensorrt_llm/models/llama/config.py) and its attention
+    layer takes the scaling's "type" (or "rope_type") through RotaryScalingType.from_string, which
+    knows linear, dynamic, llama3, yarn, longrope, … but not transformers' "default": unscaled RoPE
+    must be written as rotary_scaling null. transformers 5 keeps rope_theta and the scaling in
+    `rope_parameters` (4.x: `rope_theta` and `rope_scaling`); modelopt 0.47 reads only the 4.x
+    names, so it would leave the base at TensorRT-LLM's default 10000.
     """
     params = dict(getattr(text_config, "rope_parameters", None) or getattr(text_config, "rope_scaling", None) or {})
     theta = params.pop("rope_theta", None) or getattr(text_config, "rope_theta", None) or 10000.0
-    out: dict = {"rotary_base": float(theta)}
-    rope_type = params.get("rope_type") or params.get("type") or "default"
-    if rope_type != "default":  # llama3 / linear / dynamic / yarn: TensorRT-LLM keys on "type"
-        out["rotary_scaling"] = {"type": rope_type, **params}
-    return out
+    rope_type = params.pop("rope_type", None) or params.pop("type", None) or "default"
+    if rope_type == "default":
+        return {"rotary_base": float(theta), "rotary_scaling": None}
+    return {"rotary_base": float(theta), "rotary_scaling": {"type": rope_type, **params}}
 
 
 def export_trtllm_checkpoint(lm: PreTrainedModel, out_dir: str | Path, dtype: str, tp_size: int = 1,
@@ -190,8 +232,7 @@ def export_trtllm_checkpoint(lm: PreTrainedModel, out_dir: str | Path, dtype: st
             setattr(lm.config, k, v)
     path = out / "config.json"
     cfg = json.loads(path.read_text())
-    for k, v in _rope_fields(lm.config).items():
-        cfg.setdefault(k, v)
+    cfg.update(rope_fields(lm.config))  # whatever modelopt wrote for them (see rope_fields)
     path.write_text(json.dumps(cfg, indent=4) + "\n")
     ranks = sorted(p.name for p in out.glob("rank*.safetensors"))
     if len(ranks) != tp_size * pp_size or cfg.get("dtype") != dtype:

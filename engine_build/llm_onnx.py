@@ -84,7 +84,9 @@ def _real_inputs(lm: PreTrainedModel, seq: int, past: int, gen: torch.Generator,
 
 def onnx_vs_torch(module: LlmStepModule, path: Path, cases: tuple[tuple[int, int, int, int], ...], seed: int = 0) -> float:
     """Max |onnxruntime − torch| over logits and the returned cache, for each (S, P, rows, holes) in cases."""
-    import onnxruntime as ort
+    from videoneva.runtime.onnx_backend import onnxruntime_module
+
+    ort = onnxruntime_module()
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(torch.get_num_threads(), 1)

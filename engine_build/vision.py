@@ -75,7 +75,9 @@ def onnx_vs_torch(module: torch.nn.Module, onnx_path: str | Path, frames: tuple[
         image_size: H = W of the inputs.
         seed: for the random pixel values.
     """
-    import onnxruntime as ort
+    from videoneva.runtime.onnx_backend import onnxruntime_module
+
+    ort = onnxruntime_module()
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(torch.get_num_threads(), 1)

@@ -160,3 +160,36 @@ def test_help_lists_seed_keys(capsys):
     for key in ("neva_model_file", "inference.media_base_path", "inference.repetition_penalty",
                 "quantization.algorithm", "data.splice_single_frame", "trainer.precision"):
         assert key in out
+
+
+def test_an_unexpected_exception_fails_only_its_line(tiny_checkpoint, media_dir, prompt_file, tmp_path, capsys,
+                                                     caplog, monkeypatch):
+    """A fault that is not a VideoNevaError (here injected into one request) is that line's error, with its
+    traceback logged; the lines before and after it are answered and the summary names it."""
+    from videoneva.runtime.pipeline import Pipeline
+
+    real = Pipeline.answer
+
+    def answer(self, req, sampling, on_token=None):
+        if req.text == "boom":
+            raise KeyError("injected fault")
+        return real(self, req, sampling, on_token)
+
+    monkeypatch.setattr(Pipeline, "answer", answer)
+    prompts = prompt_file([{"video": "clip.mp4", "text": "a", "question_id": "a"},
+                           {"video": "clip.mp4", "text": "boom", "question_id": "boom"},
+                           {"video": "nope.mp4", "text": "b", "question_id": "bad"},
+                           {"video": "clip.webm", "text": "c", "question_id": "c"}])
+    out = tmp_path / "out.jsonl"
+    for concurrency in (1, 2):
+        out.unlink(missing_ok=True)
+        caplog.clear()
+        assert cli(_args(tiny_checkpoint, media_dir, prompts, out, f"concurrency={concurrency}")) == 1
+        by_id = {r["question_id"]: r for r in _read(out)}
+        assert sorted(by_id) == ["a", "bad", "boom", "c"]
+        assert "error" not in by_id["a"] and "error" not in by_id["c"] and "not found" in by_id["bad"]["error"]
+        assert "internal error" in by_id["boom"]["error"] and "injected fault" in by_id["boom"]["error"]
+        logged = [r for r in caplog.records if r.exc_info and "boom" in r.getMessage()]
+        assert len(logged) == 1 and logged[0].exc_info[0] is KeyError
+        err = capsys.readouterr().err
+        assert "2 of 4 lines failed" in err and "question_id=boom: line 2: internal error" in err

@@ -113,7 +113,8 @@ class InferenceConfig:
 
 @dataclass
 class QuantizationConfig:
-    algorithm: str = _help("awq | fp8 | int8_sq (awq: W4A16 through nvidia-modelopt)", default="awq")
+    algorithm: str = _help("awq (W4A16) | fp8 (Hopper or newer GPUs), through nvidia-modelopt; the build refuses int8_sq",
+                          default="awq")
     enable: bool = _help("quantize the LLM when building an engine", default=False)
     num_samples: int = _help("calibration samples", default=100)
     group_size: int = _help("AWQ group (block) size", default=128)

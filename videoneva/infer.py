@@ -58,7 +58,9 @@ def run_lines(lines: list[PromptLine], writer: ResultWriter, answer_fn, model_id
               concurrency: int = 1) -> list[tuple]:
     """Answer each pending line with answer_fn(line) -> Answer; returns [(line_no, qid, error)] of failures.
 
-    With concurrency > 1, lines run on that many threads and are written as they complete.
+    With concurrency > 1, lines run on that many threads and are written as they complete. Any
+    exception while answering a line (a VideoNevaError for bad input, or anything else, logged
+    with its traceback) becomes that line's `error`; the other lines go on.
     """
     failures = []
     pending = [ln for ln in lines if ln.error is not None or not writer.is_done(ln.question_id)]
@@ -73,6 +75,9 @@ def run_lines(lines: list[PromptLine], writer: ResultWriter, answer_fn, model_id
             return line, answer_fn(line), None
         except VideoNevaError as exc:
             return line, None, f"line {line.line_no}: {exc}"
+        except Exception as exc:  # a fault while answering this line fails this line only; the run goes on
+            log.error("line %d (question_id=%s) failed unexpectedly", line.line_no, line.question_id, exc_info=True)
+            return line, None, f"line {line.line_no}: internal error ({type(exc).__name__}: {exc}; traceback in the log)"
 
     def record(line: PromptLine, ans, err) -> None:
         if err is not None:

@@ -6,6 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 from eb_helpers import cosine, tiny_llama_config
+from transformers import LlamaForCausalLM
 
 from engine_build.llm import awq_config, check_awq_settings, extract_causal_lm, quantize_awq
 from videoneva.errors import ConfigError
@@ -107,13 +108,50 @@ def test_quantize_awq_needs_samples():
         quantize_awq(LlamaForCausalLM(tiny_llama_config()).eval(), [], group_size=128)
 
 
-def test_rope_fields_for_tensorrt_llm():
-    """rotary_base / rotary_scaling as tensorrt_llm/models/llama/config.py (LLaMAConfig) reads them."""
-    from engine_build.llm import _rope_fields
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 8192}
 
-    assert _rope_fields(tiny_llama_config()) == {"rotary_base": 500000.0}
-    llama3 = tiny_llama_config(max_position_embeddings=16384, rope_scaling={
-        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192})
-    scaling = _rope_fields(llama3)["rotary_scaling"]
-    assert scaling["type"] == "llama3" and scaling["factor"] == 8.0 and "rope_theta" not in scaling
+
+def test_rope_fields_for_tensorrt_llm():
+    """rotary_base / rotary_scaling as tensorrt_llm/models/llama/config.py (LLaMAConfig) and its attention
+    layer read them: unscaled RoPE is null (TensorRT-LLM has no "default" scaling type)."""
+    from transformers import MistralConfig
+
+    from engine_build.llm import rope_fields
+
+    assert rope_fields(tiny_llama_config()) == {"rotary_base": 500000.0, "rotary_scaling": None}
+    assert rope_fields(MistralConfig(rope_theta=1e6)) == {"rotary_base": 1e6, "rotary_scaling": None}
+    llama3 = tiny_llama_config(max_position_embeddings=16384, rope_scaling=dict(LLAMA3_SCALING))
+    assert rope_fields(llama3) == {"rotary_base": 500000.0, "rotary_scaling": {
+        "type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192}}
+
+
+@pytest.mark.parametrize("arch, kw, base, scaling", [
+    ("llama", dict(max_position_embeddings=16384, rope_theta=500000.0, rope_scaling=dict(LLAMA3_SCALING)), 500000.0,
+     "llama3"),
+    ("mistral", dict(rope_theta=1e6, sliding_window=None), 1e6, None),
+])
+def test_exported_checkpoint_carries_the_models_rope(tmp_path, arch, kw, base, scaling):
+    """Through modelopt's real export: the checkpoint's RoPE is the transformers-5 config's, not 10000."""
+    import json
+
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from engine_build.llm import export_trtllm_checkpoint
+
+    if arch == "llama":
+        lm = LlamaForCausalLM(tiny_llama_config(**kw)).eval()
+    else:
+        base_kw = {k: v for k, v in tiny_llama_config().to_dict().items() if k in (
+            "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "max_position_embeddings", "rms_norm_eps")}
+        lm = MistralForCausalLM(MistralConfig(**base_kw, **kw, architectures=["MistralForCausalLM"])).eval()
+    cfg = export_trtllm_checkpoint(lm, tmp_path / "ck", "float16")
+    on_disk = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert on_disk == cfg and cfg["rotary_base"] == base
+    if scaling is None:
+        assert cfg["rotary_scaling"] is None
+    else:
+        assert cfg["rotary_scaling"]["type"] == scaling and cfg["rotary_scaling"]["factor"] == 8.0
+        assert cfg["rotary_scaling"]["original_max_position_embeddings"] == 8192

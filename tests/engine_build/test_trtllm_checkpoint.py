@@ -89,6 +89,35 @@ def test_dequantized_weights_equal_fake_quant_weights(tmp_path, awq_lm):
     assert checked == 2 * 7
 
 
+def test_fp8_checkpoint_round_trip(tmp_path, eval_ids):
+    """modelopt FP8 (weights and activations) → checkpoint → our loader: float8 weights × scale = the fake-quant
+    weights, per linear, and the dense model answers like the fake-quantized one."""
+    from engine_build.llm import quantize_fp8
+    from eb_helpers import calib_batches
+
+    torch.manual_seed(2)
+    orig = LlamaForCausalLM(tiny_llama_config()).eval()
+    lm = LlamaForCausalLM(tiny_llama_config()).eval()
+    lm.load_state_dict(orig.state_dict())
+    lm = quantize_fp8(lm, calib_batches())
+    cfg = export_trtllm_checkpoint(lm, tmp_path / "ck", "bfloat16", tp_size=2)
+    assert cfg["quantization"]["quant_algo"] == "FP8" and cfg["vocab_size"] == VOCAB
+    _, sd = load_trtllm_checkpoint(tmp_path / "ck")
+    checked = 0
+    for name, mod in lm.named_modules():
+        if hasattr(mod, "weight_quantizer") and mod.weight_quantizer.is_enabled:
+            with torch.no_grad():
+                fake = mod.weight_quantizer(mod.weight).float()
+            ours = sd[name + ".weight"]
+            # equal up to the odd value rounded to the neighbouring e4m3 step (the export quantizes in bf16)
+            assert torch.isclose(ours, fake, atol=1e-6, rtol=0.02).float().mean() > 0.999
+            torch.testing.assert_close(ours, fake, atol=1e-6, rtol=0.13)
+            assert not torch.equal(fake, mod.weight.float())  # really quantized
+            checked += 1
+    assert checked == 2 * 7
+    assert cosine(logits(reload(tmp_path / "ck"), eval_ids), logits(orig, eval_ids)) > 0.99
+
+
 @pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2), (2, 2)])
 def test_parallel_checkpoint_round_trip(tmp_path, awq_lm, eval_ids, tp, pp):
     _, lm = awq_lm
@@ -130,9 +159,9 @@ def test_loader_errors(tmp_path, awq_lm):
     with pytest.raises(CheckpointError, match=r"missing \['rank1.safetensors'\]"):
         load_trtllm_checkpoint(d)
     cfg = json.loads((d / "config.json").read_text())
-    cfg["quantization"]["quant_algo"] = "FP8"
+    cfg["quantization"]["quant_algo"] = "W8A8_SQ_PER_CHANNEL"
     (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="FP8"):
+    with pytest.raises(CheckpointError, match="W8A8_SQ_PER_CHANNEL"):
         load_trtllm_checkpoint(d)
 
 

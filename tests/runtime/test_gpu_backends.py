@@ -78,6 +78,18 @@ def test_trtllm_reason_names_the_missing_package(no_module):
     assert "`tensorrt_llm` Python package is not installed" in llm_b.trtllm_unavailable_reason()
 
 
+def test_trtllm_reason_tells_a_broken_install_from_a_missing_one(tmp_path, monkeypatch):
+    """A tensorrt_llm whose import fails inside (as TensorRT-LLM <= 1.2 does next to transformers 5)."""
+    pkg = tmp_path / "tensorrt_llm"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from transformers import AutoModelForVision2Seq  # gone in transformers 5\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tensorrt_llm", raising=False)
+    reason = llm_b.trtllm_unavailable_reason()
+    assert reason.startswith("tensorrt_llm is installed but broken") and "AutoModelForVision2Seq" in reason
+    assert "not installed" not in reason and "transformers 5." in reason
+
+
 def test_trtllm_reason_without_bindings(monkeypatch, no_module):
     monkeypatch.setitem(sys.modules, "tensorrt_llm", type(sys)("tensorrt_llm"))
     no_module("tensorrt_llm.bindings")
@@ -301,90 +313,6 @@ def test_fake_ids_index_table_rows():
         llm_b.check_ids(ids, 448, rows=2)
     with pytest.raises(ValueError, match="no prompt table"):
         llm_b.check_ids(ids, 448, rows=0)
-
-
-# -- the executor's responses, routed (a stand-in for the GPU-only executor's documented API) -----------
-
-class _Result:
-    def __init__(self, ids, final, logprobs=None):
-        self.output_token_ids, self.is_final, self.log_probs = [ids], final, [logprobs] if logprobs else None
-
-
-class _Response:
-    def __init__(self, rid, result=None, error=None):
-        self.request_id, self.result, self.error_msg = rid, result, error
-
-    def has_error(self):
-        return self.error_msg is not None
-
-
-class _Executor:
-    """Enqueued requests' responses come back through await_responses, interleaved, as the executor gives them."""
-
-    def __init__(self):
-        self.queue, self.next_id, self.cancelled, self.cond = [], 1, [], threading.Condition()
-
-    def enqueue_request(self, request):
-        rid, self.next_id = self.next_id, self.next_id + 1
-        return rid
-
-    def deliver(self, *responses):
-        with self.cond:
-            self.queue.extend(responses)
-            self.cond.notify()
-
-    def await_responses(self, timeout=None):
-        with self.cond:
-            self.cond.wait_for(lambda: self.queue, timeout.total_seconds() if timeout else None)
-            out, self.queue = self.queue, []
-            return out
-
-    def cancel_request(self, rid):
-        self.cancelled.append(rid)
-
-
-def _trtllm_model(tokenizer, executor):
-    """The engine-free part of TensorRTLLMLanguageModel around a stand-in executor (its response thread runs)."""
-    m = object.__new__(llm_b.TensorRTLLMLanguageModel)
-    m.executor, m.tokenizer, m.image_token_id = executor, tokenizer, 5
-    m.vocab_size, m.hidden_size, m.max_context, m.max_input_len = 448, 64, 64, 48
-    m.max_table_rows, m.dtype = 32, torch.float16
-    m._pending, m._lock, m._stop = {}, threading.Lock(), False
-    m._thread = threading.Thread(target=m._route, daemon=True)
-    m._thread.start()
-    return m
-
-
-def test_responses_reach_their_own_requests(tiny_tokenizer):
-    ex = _Executor()
-    m = _trtllm_model(tiny_tokenizer, ex)
-    eos = tiny_tokenizer.eos_token_id
-    rule = llm_b.stop_rule(tiny_tokenizer, [])
-    s = SamplingSettings(max_tokens=8, greedy=True, return_log_probs=True)
-    seen = {1: [], 2: []}
-    a = llm_b._Pending(4, rule, 8, s, seen[1].append, None)
-    b = llm_b._Pending(4, rule, 8, s, seen[2].append, None)
-    m._pending.update({1: a, 2: b})
-    ex.deliver(_Response(1, _Result([30], False, [-0.1])), _Response(2, _Result([40, 41], False, [-0.2, -0.3])),
-               _Response(1, _Result([31, eos], True, [-0.4, -0.5])), _Response(3, _Result([9], True)),  # unknown id
-               _Response(2, None, "out of KV blocks"))
-    assert a.result(10).token_ids == [30, 31] and a.result().finish_reason == "stop"
-    assert a.result().logprobs == [-0.1, -0.4] and seen[1] == [30, 31]
-    with pytest.raises(VideoNevaError, match="out of KV blocks"):
-        b.result(10)
-    assert seen[2] == [40, 41] and m._pending == {}
-    m._stop = True
-
-
-def test_the_engine_limits_are_named_before_enqueueing(tiny_tokenizer):
-    m = _trtllm_model(tiny_tokenizer, _Executor())
-    m._trtllm = None  # nothing reaches the executor
-    s = SamplingSettings(max_tokens=256, greedy=True, end_strings=[])
-    with pytest.raises(PromptError, match="at most 48"):
-        m.submit(list(range(10, 60)), None, s)
-    with pytest.raises(PromptError, match="--max_multimodal_len"):
-        m.submit([1, 448], torch.zeros(33, 64), s)
-    m._stop = True
 
 
 # -- GPU: parity with the ONNX Runtime and torch backends --------------------------------------------------

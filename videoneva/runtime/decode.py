@@ -49,7 +49,7 @@ class Sequence:
         self.prompt_len = self.ids.shape[1]
         self.stop_ids, stop_texts = lm.end_split(sampling.end_strings)
         self.procs = lm.logits_processors(sampling, self.stop_ids, self.prompt_len)
-        self.stop_text = lm.stop_string_criteria(tuple(stop_texts))
+        self.stop_text = lm.stop_strings(stop_texts)  # one per request: it keeps the text decoded so far
         self.generator = None
         if sampling.seed is not None and not sampling.greedy:
             self.generator = torch.Generator(device=self.ids.device).manual_seed(int(sampling.seed))
@@ -79,7 +79,7 @@ class Sequence:
         self.new.append(tid)
         if self.on_token is not None:
             self.on_token(tid)
-        if tid in self.stop_ids or (self.stop_text is not None and bool(self.stop_text(self.ids, logits)[0])):
+        if tid in self.stop_ids or (self.stop_text is not None and self.stop_text.add(tid)):
             self.finish = "stop"
         elif len(self.new) >= self.sampling.max_tokens:
             self.finish = "length"

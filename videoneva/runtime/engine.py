@@ -127,15 +127,17 @@ class ExecutorOptions:
                    float(frac) if frac else None)
 
 
-def load_llm(eng: EngineDir, backend: str, tokenizer, precision: str, executor: Optional[ExecutorOptions] = None):
+def load_llm(eng: EngineDir, backend: str, tokenizer, precision: str, executor: Optional[ExecutorOptions] = None,
+             device: str = "cpu"):
     """The LanguageModel for `backend`; BackendUnavailable names what is missing for a GPU backend.
 
     With `executor`, the LLM batches concurrent requests in flight (its generate() may be called
-    from many threads, and it has submit()); without, it answers one request at a time.
+    from many threads, and it has submit()); without, it answers one request at a time. device:
+    InferConfig.device; the torch LLM runs there (auto: CUDA when present; cuda without CUDA is refused).
     """
     d = eng.path
     if backend in ("torch", "onnx"):
-        llm = _cpu_llm(eng, backend, tokenizer, precision)
+        llm = _cpu_llm(eng, backend, tokenizer, precision, device)
         if executor is None:
             return llm
         from videoneva.runtime.batching import BatchingLanguageModel
@@ -148,16 +150,22 @@ def load_llm(eng: EngineDir, backend: str, tokenizer, precision: str, executor: 
     if msg:
         raise BackendUnavailable(msg)
     ex = executor or ExecutorOptions()
-    return TensorRTLLMLanguageModel(d / "llm" / "trtllm_engine", tokenizer, eng.image_token_id, ex.max_batch_size,
-                                    ex.kv_cache_free_gpu_memory_fraction)
+    llm = TensorRTLLMLanguageModel(d / "llm" / "trtllm_engine", tokenizer, eng.image_token_id, ex.max_batch_size,
+                                   ex.kv_cache_free_gpu_memory_fraction)
+    if llm.vocab_size != eng.vocab_size:
+        raise CheckpointError(f"{d}: the TensorRT-LLM engine's vocabulary is {llm.vocab_size} but media.json's "
+                              f"fake_id_base is {eng.vocab_size}; rebuild the engine directory")
+    return llm
 
 
-def _cpu_llm(eng: EngineDir, backend: str, tokenizer, precision: str):
+def _cpu_llm(eng: EngineDir, backend: str, tokenizer, precision: str, device: str = "cpu"):
     d = eng.path
     if backend == "torch":
+        from videoneva.runtime.loader import pick_device
         from videoneva.runtime.torch_backend import TorchLanguageModel
 
-        return TorchLanguageModel(load_engine_llm(d, eng.manifest, precision), tokenizer, eng.image_token_id)
+        model = load_engine_llm(d, eng.manifest, precision).to(pick_device(device))
+        return TorchLanguageModel(model, tokenizer, eng.image_token_id, fake_id_base=eng.vocab_size)
     import torch
     from transformers import AutoConfig
 
@@ -168,7 +176,7 @@ def _cpu_llm(eng: EngineDir, backend: str, tokenizer, precision: str):
                     precision)
     # as many intra-op threads as torch is given (serve threads=N), so the backends share cores alike
     return OnnxLanguageModel(d / "llm" / "onnx", AutoConfig.from_pretrained(d / "llm" / "torch"), tokenizer,
-                             eng.image_token_id, threads=torch.get_num_threads())
+                             eng.image_token_id, threads=torch.get_num_threads(), fake_id_base=eng.vocab_size)
 
 
 def front_settings(eng: EngineDir, cfg: "InferConfig", max_num_frames: Optional[int] = None) -> "PipelineSettings":
@@ -219,6 +227,6 @@ def pipeline_from_engine_dir(engine_dir: str | Path, cfg: "InferConfig", cache_b
     # vision first: the TensorRT-LLM executor sizes its KV cache from the GPU memory left free
     vision = load_vision(eng, vision_backend)
     executor = ExecutorOptions(cfg.llm_max_batch_size, cfg.max_kv_tokens) if cfg.concurrency > 1 else None
-    llm = load_llm(eng, llm_backend, tok, cfg.trainer.precision, executor)
+    llm = load_llm(eng, llm_backend, tok, cfg.trainer.precision, executor, cfg.device)
     log.info("engine %s: vision %s, llm %s", eng.path, vision_backend, llm_backend)
     return Pipeline(vision, llm, tok, settings, MediaRoot(media_root_of(cfg)), FeatureCache(cache_bytes))

@@ -43,7 +43,8 @@ class EngineDir:
         image_token_len: prompt positions per frame (after pooling).
         hidden_size: the LLM's width (the prompt table's columns).
         image_token_id: the in-vocabulary id standing in for media rows.
-        vocab_size: the fake-id base (media positions get vocab_size + k).
+        vocab_size: the fake-id base (media positions get vocab_size + k): media.json's fake_id_base (the
+            TensorRT-LLM checkpoint's vocabulary, padded for AWQ), else llm/torch's vocab_size.
         max_context: the LLM's context in positions.
         vision_backend, llm_backend: what the build was asked for.
     """
@@ -90,7 +91,8 @@ class EngineDir:
         return cls(path=d, manifest=manifest, settings=CheckpointSettings.from_dict(media["settings"]),
                    image_size=int(media["image_size"]), patch_size=int(media.get("patch_size", 0)),
                    image_token_len=int(media["image_token_len"]), hidden_size=int(media["hidden_size"]),
-                   image_token_id=int(media["image_token_id"]), vocab_size=int(lc["vocab_size"]),
+                   image_token_id=int(media["image_token_id"]),
+                   vocab_size=int(media.get("fake_id_base") or lc["vocab_size"]),
                    max_context=int(lc["max_position_embeddings"]), vision_backend=vision, llm_backend=llm)
 
     @property

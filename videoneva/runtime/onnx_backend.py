@@ -8,6 +8,7 @@ import torch
 
 from videoneva.errors import CheckpointError
 from videoneva.runtime.decode import KVBatch
+from videoneva.runtime.onnx_vision import onnxruntime_module  # noqa: F401  (re-exported)
 from videoneva.runtime.torch_backend import DecodeLoopLanguageModel
 
 
@@ -35,10 +36,12 @@ class OnnxLanguageModel(DecodeLoopLanguageModel):
         tokenizer: the engine's tokenizer.
         media_token_id: an in-vocabulary id standing in for media rows.
         threads: ONNX Runtime intra-op threads (None: its default, one per core).
+        fake_id_base: first media id (the engine directory's, media.json); None: the vocabulary size.
     """
 
-    def __init__(self, onnx_dir: str | Path, text_config, tokenizer, media_token_id: int, threads: int | None = None):
-        import onnxruntime as ort
+    def __init__(self, onnx_dir: str | Path, text_config, tokenizer, media_token_id: int, threads: int | None = None,
+                 fake_id_base: int | None = None):
+        ort = onnxruntime_module()
         from safetensors.torch import load_file
 
         d = Path(onnx_dir)
@@ -60,7 +63,8 @@ class OnnxLanguageModel(DecodeLoopLanguageModel):
         layers, _, kv_heads, _, head_dim = self.session.get_inputs()[1].shape
         self._empty = np.zeros((layers, 1, kv_heads, 0, head_dim), np.float32)
         weight = load_file(str(d / LLM_EMBEDDINGS))["weight"]
-        super().__init__(torch.nn.Embedding.from_pretrained(weight), text_config, tokenizer, media_token_id)
+        super().__init__(torch.nn.Embedding.from_pretrained(weight), text_config, tokenizer, media_token_id,
+                         fake_id_base)
 
     def _run(self, embeds: torch.Tensor, keys: np.ndarray, values: np.ndarray, mask: np.ndarray, positions: np.ndarray):
         x = np.ascontiguousarray(embeds.numpy(), dtype=np.float32)

@@ -5,14 +5,28 @@ from pathlib import Path
 
 import numpy as np
 
-from videoneva.errors import CheckpointError
+from videoneva.errors import CheckpointError, ConfigError
+
+
+def onnxruntime_module():
+    """The `onnxruntime` module, from whichever of the two ONNX Runtime packages is installed.
+
+    onnxruntime (CPU) and onnxruntime-gpu both provide it and overwrite each other, so neither is a
+    base dependency: the `cpu` extra installs the first, the `gpu` extra the second.
+    """
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ConfigError(f"ONNX Runtime is not installed ({exc}): pip install 'videoneva[cpu]' (onnxruntime) or "
+                          "'videoneva[gpu]' (onnxruntime-gpu), not both") from None
+    return onnxruntime
 
 
 class OnnxVisionEncoder:
     """pixel_values [F, 3, H, W] → features float32 [F, T, D] (numpy) through onnxruntime (CPU, or CUDA when present)."""
 
     def __init__(self, path: str | Path, tokens_per_frame: int, hidden_size: int, threads: int | None = None):
-        import onnxruntime as ort
+        ort = onnxruntime_module()
 
         path = Path(path)
         if not path.is_file():

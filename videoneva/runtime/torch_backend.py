@@ -11,18 +11,17 @@ from transformers.generation import (
     LogitsProcessorList,
     MinNewTokensLengthLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
-    StopStringCriteria,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
 
-from videoneva.generation import SamplingSettings, split_end_strings
+from videoneva.generation import SamplingSettings, StopStrings, split_end_strings
 from videoneva.model.vision import VisionFeatures
 from videoneva.runtime.base import GenerationOutput, TokenCallback
 from videoneva.runtime.decode import KVBatch, Sequence, mask_padded_vocab  # noqa: F401  (re-exported)
 
-MEMO_SIZE = 64  # distinct end-string sets remembered per LLM
+MEMO_SIZE = 64  # distinct end-string sets whose split into ids / texts is remembered per LLM
 
 
 class TorchVisionEncoder:
@@ -52,18 +51,24 @@ class DecodeLoopLanguageModel:
     batcher (runtime/batching.py) steps many Sequences together through the same two calls.
     `media_token_id` is any in-vocabulary id that stands in for media positions in the ids the
     logits processors see (the repetition penalty reads them).
+    `vocab_size` is the fake-id base: `fake_id_base` when given (an engine directory's, media.json),
+    else the LLM's own vocabulary size.
     """
 
     def __init__(self, embed_tokens: torch.nn.Embedding, text_config, tokenizer: PreTrainedTokenizerBase,
-                 media_token_id: int):
+                 media_token_id: int, fake_id_base: Optional[int] = None):
         self.embed_tokens, self.tokenizer = embed_tokens, tokenizer
-        self.vocab_size, self.hidden_size = text_config.vocab_size, text_config.hidden_size
+        # media positions carry ids fake_id_base + k: the TensorRT-LLM engine's (maybe padded) vocabulary
+        # when the model comes from an engine directory, so every backend reads the same ids
+        self.vocab_size = int(fake_id_base if fake_id_base is not None else text_config.vocab_size)
+        if self.vocab_size < text_config.vocab_size:
+            raise ValueError(f"fake_id_base={self.vocab_size} is below the LLM's vocabulary ({text_config.vocab_size})")
+        self.hidden_size = text_config.hidden_size
         self.max_context = int(text_config.max_position_embeddings)
         self.image_token_id = media_token_id
         self.vocab_limit = min(self.vocab_size, len(tokenizer))  # ids past the tokenizer: see mask_padded_vocab
         w = embed_tokens.weight
         self.device, self.dtype = w.device, w.dtype
-        self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
         self._end_split: dict[tuple[str, ...], tuple[list[int], list[str]]] = {}
 
     def _prefill(self, embeds: torch.Tensor) -> tuple[torch.Tensor, KVBatch]:
@@ -115,15 +120,9 @@ class DecodeLoopLanguageModel:
             self._end_split[ends] = split_end_strings(self.tokenizer, list(ends))
         return self._end_split[ends]
 
-    def stop_string_criteria(self, texts: tuple[str, ...]) -> Optional[StopStringCriteria]:
-        """Built once per set of end strings (it indexes the whole vocabulary)."""
-        if not texts:
-            return None
-        if texts not in self._stop_criteria:
-            if len(self._stop_criteria) >= MEMO_SIZE:
-                self._stop_criteria.clear()
-            self._stop_criteria[texts] = StopStringCriteria(self.tokenizer, list(texts))
-        return self._stop_criteria[texts]
+    def stop_strings(self, texts: list[str]) -> Optional[StopStrings]:
+        """One request's matcher for the end strings that are not single tokens (None when there are none)."""
+        return StopStrings(self.tokenizer, texts) if texts else None
 
     def sequence(self, input_ids: list[int], prompt_table: Optional[torch.Tensor], sampling: SamplingSettings,
                  on_token: Optional[TokenCallback] = None) -> Sequence:
@@ -160,10 +159,11 @@ class TorchLanguageModel(DecodeLoopLanguageModel):
     stored in an engine directory.
     """
 
-    def __init__(self, model, tokenizer: PreTrainedTokenizerBase, media_token_id: Optional[int] = None):
+    def __init__(self, model, tokenizer: PreTrainedTokenizerBase, media_token_id: Optional[int] = None,
+                 fake_id_base: Optional[int] = None):
         self.model = model
         super().__init__(model.get_input_embeddings(), getattr(model.config, "text_config", model.config), tokenizer,
-                         media_token_id if media_token_id is not None else model.config.image_token_id)
+                         media_token_id if media_token_id is not None else model.config.image_token_id, fake_id_base)
 
     def _prefill(self, embeds):
         out = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)

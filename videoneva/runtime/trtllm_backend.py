@@ -14,16 +14,23 @@ rank (`tensorrt_llm/bin/executorWorker`). Request, config and result field names
 cpp/tensorrt_llm/pybind/executor/{request,executorConfig,executor,bindings}.cpp.
 `tensorrt_llm` is imported only when a model is built, so CPU users never need it; the pure
 helpers below (request fields, table, extra ids, finishing) are what the CPU tests check.
+
+The executor runs in this process (trtllm_worker.ExecutorHost), or, with
+VIDEONEVA_TRTLLM_PYTHON=/path/to/python, in a worker under that interpreter, so TensorRT-LLM keeps
+the transformers version it pins while this process has transformers 5 (the GPU image:
+docs/gpu-image.md).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
+import subprocess
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Optional
 
@@ -37,16 +44,36 @@ from videoneva.runtime.tensorrt_backend import BackendUnavailable, cuda_unavaila
 
 log = logging.getLogger(__name__)
 ENGINE_FILES = ("config.json", "rank0.engine")
-AWAIT_MS = 100  # the response thread's wait per call (it also notices shutdown this often)
+PYTHON_ENV = "VIDEONEVA_TRTLLM_PYTHON"  # the interpreter that runs TensorRT-LLM, when not this one
 
 
 def trtllm_unavailable_reason() -> Optional[str]:
-    """None when a TensorRT-LLM engine can run here, else what is missing (module, C++ bindings, CUDA)."""
+    """None when a TensorRT-LLM engine can run here, else what is missing or broken (module, C++ bindings, CUDA).
+
+    "Not installed" (no `tensorrt_llm` module) and "broken install" (the module is there but importing it
+    fails, e.g. a TensorRT-LLM release that needs transformers 4.x next to transformers 5) are told
+    apart, since they are fixed differently.
+    """
+    python = os.environ.get(PYTHON_ENV)
+    if python:
+        try:
+            proc = subprocess.run([python, "-c", "import tensorrt_llm, tensorrt_llm.bindings"], capture_output=True,
+                                  text=True, timeout=600)
+        except OSError as exc:
+            return f"{PYTHON_ENV}={python} cannot be run ({exc})"
+        if proc.returncode:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            return f"tensorrt_llm does not import under {PYTHON_ENV}={python}: {last}"
+        return cuda_unavailable_reason()
     try:
         import tensorrt_llm  # noqa: F401
     except ImportError as exc:
-        return (f"the `tensorrt_llm` Python package is not installed ({exc}); install the TensorRT-LLM version "
-                "the engine was built with (NVIDIA's wheel or the Triton TensorRT-LLM container)")
+        if exc.name == "tensorrt_llm":
+            return (f"the `tensorrt_llm` Python package is not installed ({exc}); install the TensorRT-LLM version "
+                    "the engine was built with (NVIDIA's wheel or the Triton TensorRT-LLM container)")
+        return _broken_install(exc)
+    except Exception as exc:  # an installed package whose import raises anything else is broken as well
+        return _broken_install(exc)
     try:
         import tensorrt_llm.bindings.executor  # noqa: F401  (the C++ executor)
     except ImportError as exc:
@@ -59,6 +86,18 @@ def engine_world_size(engine_dir: str | Path) -> int:
     config = json.loads((Path(engine_dir) / "config.json").read_text())
     mapping = config.get("pretrained_config", {}).get("mapping", {})
     return int(mapping.get("tp_size", 1)) * int(mapping.get("pp_size", 1))
+
+
+def _broken_install(exc: BaseException) -> str:
+    from importlib import metadata
+
+    try:
+        transformers = metadata.version("transformers")
+    except metadata.PackageNotFoundError:
+        transformers = "none"
+    return (f"tensorrt_llm is installed but broken: importing it failed with {type(exc).__name__}: {exc} "
+            f"(transformers {transformers} is installed; TensorRT-LLM releases up to 1.2 need transformers 4.x, "
+            "see docs/gpu-image.md)")
 
 
 def check_engine_dir(engine_dir: str | Path) -> Path:
@@ -84,7 +123,7 @@ class StopRule:
     stop_sequences: list[list[int]] = field(default_factory=list)  # kept; the pipeline trims the text
 
     def words_list(self) -> Optional[list[list[int]]]:
-        """One request's stop words as token sequences (ModelRunnerCpp `stop_words_list[i]`)."""
+        """One request's stop words as token sequences (the executor request's `stop_words`)."""
         words = [[i] for i in self.stop_ids if i != self.end_id] + [list(s) for s in self.stop_sequences]
         return words or None
 
@@ -231,65 +270,52 @@ class TensorRTLLMLanguageModel:
 
     def __init__(self, engine_dir: str | Path, tokenizer: PreTrainedTokenizerBase, media_token_id: int,
                  max_batch_size: Optional[int] = None, kv_cache_free_gpu_memory_fraction: Optional[float] = None):
+        from videoneva.runtime.trtllm_worker import ExecutorHost, WorkerClient
+
         d = check_engine_dir(engine_dir)
         reason = trtllm_unavailable_reason()
         if reason is not None:
             raise BackendUnavailable(f"cannot run the TensorRT-LLM engine {d}: {reason}")
-        import tensorrt_llm
-        from tensorrt_llm.bindings import executor as trtllm
-
-        config = json.loads((d / "config.json").read_text())
-        pretrained, build = config.get("pretrained_config", {}), config.get("build_config", {})
-        world = engine_world_size(d)
-        parallel = None
-        if world > 1 and tensorrt_llm.mpi_world_size() == 1:  # not launched under mpirun: the executor spawns them
-            worker = Path(tensorrt_llm.__file__).parent / "bin" / "executorWorker"
-            parallel = trtllm.ParallelConfig(trtllm.CommunicationType.MPI, trtllm.CommunicationMode.ORCHESTRATOR,
-                                             orchestrator_config=trtllm.OrchestratorConfig(True, str(worker)))
-        kv = trtllm.KvCacheConfig(enable_block_reuse=True, free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction)
-        self._trtllm = trtllm
-        self.executor = trtllm.Executor(d, trtllm.ModelType.DECODER_ONLY, trtllm.ExecutorConfig(
-            max_beam_width=1, kv_cache_config=kv, max_batch_size=max_batch_size, parallel_config=parallel))
-        self.engine_dir, self.tokenizer, self.image_token_id = d, tokenizer, media_token_id
-        self.vocab_size = int(pretrained["vocab_size"])          # fake ids start here (the engine's vocabulary)
-        self.hidden_size = int(pretrained["hidden_size"])        # the whole model's width, not one rank's slice
-        self.max_context = int(build.get("max_seq_len") or pretrained.get("max_position_embeddings"))
-        self.max_input_len = int(build.get("max_input_len", self.max_context))
-        self.max_table_rows = int(build.get("max_prompt_embedding_table_size", 0))
-        self.dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[pretrained["dtype"]]
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
-        self._stop = False
-        self._thread = threading.Thread(target=self._route, name="videoneva-trtllm-responses", daemon=True)
-        self._thread.start()
+        options = {"max_batch_size": max_batch_size, "kv_cache_free_gpu_memory_fraction": kv_cache_free_gpu_memory_fraction}
+        python = os.environ.get(PYTHON_ENV)
+        self.host = (WorkerClient(python, d, options, self._on_response) if python else
+                     ExecutorHost(d, options, self._on_response))
+        info = self.host.info
+        self.engine_dir, self.tokenizer, self.image_token_id = d, tokenizer, media_token_id
+        self.vocab_size = info["vocab_size"]      # fake ids start here (the engine's vocabulary)
+        self.hidden_size = info["hidden_size"]    # the whole model's width, not one rank's slice
+        self.max_context = info["max_seq_len"]
+        self.max_input_len = info["max_input_len"]
+        self.max_table_rows = info["max_prompt_embedding_table_size"]
+        self.dtype = getattr(torch, info["dtype"])
 
     def submit(self, input_ids: list[int], prompt_table: Optional[torch.Tensor], sampling: SamplingSettings,
                on_token: Optional[TokenCallback] = None, on_done=None, media_key: Optional[str] = None) -> _Pending:
         """Enqueue one request; its tokens go to on_token and its end to on_done(result, error)."""
-        trtllm = self._trtllm
         if len(input_ids) > self.max_input_len:
             raise PromptError(f"prompt is {len(input_ids)} tokens but the engine takes at most {self.max_input_len} "
                               "(trtllm-build --max_input_len); shorten the text or use fewer frames")
-        table = make_prompt_table(prompt_table, self.hidden_size, self.dtype, self.max_table_rows, "cuda")
+        table = make_prompt_table(prompt_table, self.hidden_size, self.dtype, self.max_table_rows, "cpu")
         check_ids(input_ids, self.vocab_size, 0 if table is None else table.shape[0])
         max_new = min(sampling.max_tokens, self.max_context - len(input_ids))
         if max_new < 1:
             raise PromptError(f"prompt is {len(input_ids)} tokens and the engine's max_seq_len is {self.max_context}: "
                               "no room to generate")
         rule = stop_rule(self.tokenizer, sampling.end_strings)
-        f = request_fields(sampling, rule, max_new, streaming=on_token is not None)
-        tuning = None
-        if table is not None:
-            tuning = trtllm.PromptTuningConfig(table, media_extra_ids(input_ids, self.vocab_size, media_key))
-        request = trtllm.Request(list(input_ids), f["max_tokens"], streaming=f["streaming"],
-                                 sampling_config=trtllm.SamplingConfig(1, **f["sampling_config"]),
-                                 output_config=trtllm.OutputConfig(**f["output_config"]), end_id=f["end_id"],
-                                 pad_id=f["pad_id"], stop_words=f["stop_words"], prompt_tuning_config=tuning)
+        fields = request_fields(sampling, rule, max_new, streaming=on_token is not None)
+        key = uuid.uuid4().hex
         pending = _Pending(len(input_ids), rule, max_new, sampling, on_token, on_done)
-        with self._lock:  # the id is known only after enqueueing: hold the router until it is recorded
-            rid = self.executor.enqueue_request(request)
-            self._pending[rid] = pending
-        pending.cancel = lambda: self.executor.cancel_request(rid)
+        pending.cancel = lambda: self.host.cancel(key)
+        with self._lock:
+            self._pending[key] = pending
+        try:
+            self.host.submit(key, list(input_ids), table, fields, media_extra_ids(input_ids, self.vocab_size, media_key))
+        except Exception:
+            with self._lock:
+                self._pending.pop(key, None)
+            raise
         return pending
 
     def generate(self, input_ids: list[int], prompt_table: Optional[torch.Tensor], sampling: SamplingSettings,
@@ -299,51 +325,26 @@ class TensorRTLLMLanguageModel:
         out.timings["generate_s"] = time.perf_counter() - t0
         return out
 
-    def _route(self) -> None:
-        """The response thread: every response to the request it belongs to."""
-        while not self._stop:
-            try:
-                responses = self.executor.await_responses(timeout=timedelta(milliseconds=AWAIT_MS))
-            except Exception as exc:  # noqa: BLE001  the executor is gone: fail everything waiting
-                log.error("TensorRT-LLM executor: %s", exc)
-                with self._lock:
-                    pending, self._pending = list(self._pending.values()), {}
-                for p in pending:
-                    p.end(VideoNevaError(f"TensorRT-LLM executor failed: {exc}"))
-                return
-            for resp in responses:
-                with self._lock:
-                    p = self._pending.get(resp.request_id)
-                if p is None:
-                    continue
-                if resp.has_error():
-                    with self._lock:
-                        self._pending.pop(resp.request_id, None)
-                    p.end(VideoNevaError(f"TensorRT-LLM: {resp.error_msg}"))
-                    continue
-                result = resp.result
-                p.add([int(t) for t in result.output_token_ids[0]],
-                      list(result.log_probs[0]) if result.log_probs else None)
-                if result.is_final:
-                    with self._lock:
-                        self._pending.pop(resp.request_id, None)
-                    p.end()
+    def _on_response(self, key: Optional[str], tokens: list[int], logprobs: Optional[list[float]], final: bool,
+                     error: Optional[str]) -> None:
+        """The host's responses, to the request they belong to (key None: the host is gone, all fail)."""
+        with self._lock:
+            if key is None:
+                ended, self._pending = list(self._pending.values()), {}
+            else:
+                p = self._pending.pop(key, None) if final else self._pending.get(key)
+                ended = [] if p is None else [p]
+        for p in ended:
+            if error is not None:
+                p.end(VideoNevaError(f"TensorRT-LLM: {error}"))
+                continue
+            p.add(tokens, logprobs)
+            if final:
+                p.end()
 
     def figures(self) -> dict[str, int]:
         """The executor's latest iteration statistics (Triton metrics videoneva_llm_*)."""
-        stats = list(self.executor.get_latest_iteration_stats())
-        if not stats:
-            return {}
-        it = stats[-1]
-        kv = it.kv_cache_stats
-        per_block = int(kv.tokens_per_block) if kv else 0
-        ifb = it.inflight_batching_stats
-        return {"active_sequences": int(it.num_active_requests), "queued_requests": int(it.num_queued_requests),
-                "steps": int(it.iter), "step_sequences": int(ifb.num_scheduled_requests) if ifb else 0,
-                "kv_tokens_used": int(kv.used_num_blocks) * per_block if kv else 0,
-                "kv_tokens_free": int(kv.free_num_blocks) * per_block if kv else 0}
+        return self.host.stats()
 
     def close(self) -> None:
-        self._stop = True
-        self._thread.join(5)
-        self.executor.shutdown()
+        self.host.close()

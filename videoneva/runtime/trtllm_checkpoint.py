@@ -1,7 +1,7 @@
 """Read a TensorRT-LLM Llama checkpoint (config.json + rank*.safetensors) back as HF-named fp32 tensors.
 
 Our own loader, so the CPU can check (and run) exactly what the GPU engine will be built from:
-W4A16_AWQ weights are dequantized in torch, fused projections split, tp/pp shards merged.
+W4A16_AWQ and FP8 weights are dequantized in torch, fused projections split, tp/pp shards merged.
 
 Layout read (modelopt `export_tensorrt_llm_checkpoint`, TensorRT-LLM docs/source/architecture/checkpoint.md):
   transformer.vocab_embedding.weight [V, D]          → model.embed_tokens.weight
@@ -20,6 +20,10 @@ W4A16_AWQ (modelopt/torch/export/quant_utils.py `pack_int4_in_uint8`, `get_prequ
   <linear>.weights_scaling_factor   [out, in/group] = per-group amax / 7
   <linear>.prequant_scaling_factor  [in]: the layer computes (x * pqs) @ W_q^T, so the dense equivalent is
                                     W = W_q * pqs[None, :] (pqs folded into the weight COLUMNS).
+
+FP8 (modelopt FP8_DEFAULT_CFG export): <linear>.weight float8_e4m3fn [out, in], weights_scaling_factor
+  per tensor ([1]) or per output row ([out]): W = W_fp8 * scale. activation_scaling_factor (the
+  engine's static input scale) is dropped: the dense model runs its activations unquantized.
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ import torch
 from videoneva.errors import CheckpointError
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
-SUPPORTED_QUANT_ALGOS = (None, "W4A16_AWQ", "W4A16")
+SUPPORTED_QUANT_ALGOS = (None, "W4A16_AWQ", "W4A16", "FP8")
 
 # TensorRT-LLM layer-local tensor → (HF layer-local tensor, how tp shards merge).
 _LAYER_MAP = {
@@ -87,6 +91,22 @@ def dequantize_awq(packed: torch.Tensor, scales: torch.Tensor, pre_quant_scale: 
     return w
 
 
+def dequantize_fp8(weight: torch.Tensor, scale: torch.Tensor, name: str = "") -> torch.Tensor:
+    """fp32 [out, in] dense weight of an FP8 linear: float8_e4m3fn weight × per-tensor or per-row scale.
+
+    Args:
+        weight: float8_e4m3fn [out, in].
+        scale: [1] or [out] weights_scaling_factor.
+        name: tensor name for error messages.
+    """
+    out_f = weight.shape[0]
+    s = scale.to(torch.float32).reshape(-1)
+    if s.numel() not in (1, out_f):
+        raise CheckpointError(f"{name}: weights_scaling_factor has {s.numel()} values; expected 1 or one per output "
+                              f"row ({out_f})")
+    return weight.to(torch.float32) * (s if s.numel() == 1 else s[:, None])
+
+
 def _read_config(d: Path) -> dict:
     if not (d / "config.json").is_file():
         raise CheckpointError(f"{d}: not a TensorRT-LLM checkpoint (no config.json); export one with "
@@ -115,9 +135,13 @@ def _rank_tensors(path: Path, group_size: int) -> dict[str, torch.Tensor]:
     for base in sorted(linears):
         if base + ".weight" not in raw:
             raise CheckpointError(f"{path}: {base}.weights_scaling_factor without {base}.weight")
-        out[base + ".weight"] = dequantize_awq(raw.pop(base + ".weight"), raw.pop(base + ".weights_scaling_factor"),
-                                               raw.pop(base + ".prequant_scaling_factor", None), group_size,
-                                               f"{path.name}:{base}")
+        weight, scale = raw.pop(base + ".weight"), raw.pop(base + ".weights_scaling_factor")
+        if weight.dtype == torch.float8_e4m3fn:
+            raw.pop(base + ".activation_scaling_factor", None)
+            out[base + ".weight"] = dequantize_fp8(weight, scale, f"{path.name}:{base}")
+            continue
+        out[base + ".weight"] = dequantize_awq(weight, scale, raw.pop(base + ".prequant_scaling_factor", None),
+                                               group_size, f"{path.name}:{base}")
     stray = [k for k in raw if k.endswith(".prequant_scaling_factor")]
     if stray:
         raise CheckpointError(f"{path}: prequant_scaling_factor without a quantized weight: {stray[:4]}")
@@ -206,7 +230,7 @@ def _to_hf(stages: list[tuple[dict[str, torch.Tensor], int]], cfg: dict) -> dict
 
 
 def load_trtllm_checkpoint(ckpt_dir: str | Path, vocab_size: int | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config.json, HF Llama state dict in fp32) of a TensorRT-LLM checkpoint, W4A16_AWQ dequantized.
+    """(config.json, HF Llama state dict in fp32) of a TensorRT-LLM checkpoint, W4A16_AWQ / FP8 dequantized.
 
     The embedding and lm_head keep TensorRT-LLM's padded vocabulary (a multiple of 64 when quantized)
     unless vocab_size is given, in which case the padding rows are cut off.

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import tempfile
@@ -24,10 +25,12 @@ HELP = """videoneva serve: serve a Video NeVA model over gRPC with Triton Infere
   videoneva serve engine_dir=DIR [host=127.0.0.1 grpc_port=8001 http_port=8000 metrics_port=8002]
 
 Renders a model repository from triton_repo/: `videoneva` (the entry point: decoupled, streams
-text) over `feature_cache`, `preprocess`, `vision_encoder` (dynamic batching) and `llm` (streams
-token ids); then starts `tritonserver` (the nvidia-pytriton wheel's, or one on PATH), waits until
-ready, prints the endpoints, and stops on Ctrl-C / SIGTERM. Binds to 127.0.0.1 unless host= says
-otherwise. inference.* keys (NeMo's names) set the sampling defaults a request does not set.
+text) over `feature_cache`, `preprocess`, `vision_encoder` (dynamic batching) and `llm` (batches
+every request in flight, streams token ids); then starts `tritonserver` (one on PATH, else the
+nvidia-pytriton wheel's), waits until ready, prints the endpoints, and stops on Ctrl-C / SIGTERM,
+or with exit status 1 when a python-backend stub dies (readiness turns false first; see
+docs/operations.md). Binds to 127.0.0.1 unless host= says otherwise. inference.* keys (NeMo's
+names) set the sampling defaults a request does not set.
 Clients: `videoneva infer server_url=HOST:PORT …` or videoneva.serving.Client."""
 
 
@@ -78,6 +81,9 @@ class ServeConfig:
     log_verbose: int = _help("tritonserver --log-verbose level", default=0)
     model_load_threads: int = _help("tritonserver --model-load-thread-count: models loaded at once (loading the "
                                     "python models in parallel stalled some starts on CPU)", default=1)
+    tritonserver_args: Optional[str] = _help("more tritonserver flags, one string (e.g. \"--grpc-use-ssl=true "
+                                             "--grpc-server-cert=/certs/s.crt --grpc-server-key=/certs/s.key\")",
+                                             default=None)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
@@ -185,7 +191,8 @@ def start_server(cfg: ServeConfig, workdir: str | Path) -> TritonServer:
     for attempt in range(cfg.startup_retries + 1):
         server = TritonServer(repo, host=cfg.host, grpc_port=cfg.grpc_port, http_port=cfg.http_port,
                               metrics_port=cfg.metrics_port, log_verbose=cfg.log_verbose, model_load_threads=cfg.model_load_threads,
-                              log_file=Path(workdir) / "tritonserver.log", stall_timeout=cfg.stall_timeout)
+                              log_file=Path(workdir) / "tritonserver.log", stall_timeout=cfg.stall_timeout,
+                              extra_args=shlex.split(cfg.tritonserver_args or ""))
         try:
             return server.start(cfg.startup_timeout)
         except ServerNotReady as exc:
@@ -214,11 +221,10 @@ def main(argv: list[str]) -> int:
             try:
                 print(f"videoneva serve: ready  grpc={server.grpc_url}  http=http://{server.host}:{server.http_port}  "
                       f"metrics={server.metrics_url}  (log: {server.log_file}; Ctrl-C stops)", flush=True)
-                while not stop.wait(1.0):
-                    if server.proc.poll() is not None:
-                        print(f"videoneva serve: tritonserver exited with status {server.proc.returncode}; last log lines:\n"
-                              f"{server.log_tail()}", file=sys.stderr)
-                        return 1
+                failed = server.supervise(stop)  # until Ctrl-C / SIGTERM, the server exits or a stub dies
+                if failed:
+                    print(f"videoneva serve: {failed}; last log lines:\n{server.log_tail()}", file=sys.stderr)
+                    return 1
                 print("videoneva serve: stopping", file=sys.stderr, flush=True)
             finally:
                 server.stop()

@@ -1,10 +1,13 @@
-"""Start and stop a real `tritonserver` on a rendered model repository (CPU: the nvidia-pytriton wheel's).
+"""Start, supervise and stop a real `tritonserver` on a rendered model repository (a Triton container's
+own server when one is on PATH, else the nvidia-pytriton wheel's).
 
 What the wheel's server needs on CPU (docs/triton-python-backend.md): a backend
 directory `python/{libtriton_python.so, triton_python_backend_utils.py, triton_python_backend_stub}`
 with the stub for this interpreter's version; LD_LIBRARY_PATH starting with this interpreter's
 LIBDIR (else the stub loads the system libpython) and then the wheel's `nvidia_pytriton.libs`;
 explicit --grpc-address/--http-address/--metrics-address, since the default is 0.0.0.0.
+Supervision (a dead python-backend stub shuts the server down, so readiness turns false and an
+orchestrator restarts it) and extra flags: operate.py.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import Optional
 
 from videoneva.errors import VideoNevaError
+from videoneva.serving import operate
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +57,16 @@ def _pytriton_dir() -> Optional[Path]:
 
 
 def find_tritonserver() -> Path:
-    """$VIDEONEVA_TRITONSERVER, the nvidia-pytriton wheel's binary, or `tritonserver` on PATH."""
+    """$VIDEONEVA_TRITONSERVER, then `tritonserver` on PATH (a Triton container's own server, with its
+    GPU backends), then the nvidia-pytriton wheel's binary (the CPU development server)."""
     env = os.environ.get("VIDEONEVA_TRITONSERVER")
     candidates = [Path(env)] if env else []
-    pt = _pytriton_dir()
-    if pt is not None:
-        candidates.append(pt / "bin" / "tritonserver")
     on_path = shutil.which("tritonserver")
     if on_path:
         candidates.append(Path(on_path))
+    pt = _pytriton_dir()
+    if pt is not None:
+        candidates.append(pt / "bin" / "tritonserver")
     for c in candidates:
         if c.is_file() and os.access(c, os.X_OK):
             return c
@@ -96,7 +102,7 @@ def server_env(server: Path) -> dict:
     env = dict(os.environ)
     libs = [sysconfig.get_config_var("LIBDIR") or ""]
     pt = _pytriton_dir()
-    if pt is not None:
+    if pt is not None and str(server).startswith(str(pt)):  # the wheel's libraries for the wheel's server only
         libs.append(str(pt.parent.parent / "nvidia_pytriton.libs"))
     if env.get("LD_LIBRARY_PATH"):
         libs.append(env["LD_LIBRARY_PATH"])
@@ -136,12 +142,14 @@ class TritonServer:
         host: address to bind all three endpoints to (127.0.0.1 unless told otherwise).
         grpc_port, http_port, metrics_port: ports; 0 picks a free one.
         log_file: where the server's stdout/stderr go (default: a temp file).
+        extra_args: more tritonserver flags (TLS, restricted APIs, …), appended to its command line.
     """
 
     def __init__(self, model_repository: str | Path, host: str = "127.0.0.1", grpc_port: int = 8001,
                  http_port: int = 8000, metrics_port: int = 8002, log_file: Optional[str | Path] = None,
                  log_verbose: int = 0, binary: Optional[str | Path] = None, model_load_threads: int = 1,
-                 stall_timeout: float = 60.0):
+                 stall_timeout: float = 60.0, extra_args: Optional[list[str]] = None):
+        self.extra_args = operate.check_extra_args(extra_args or [])
         self.repo = Path(model_repository)
         self.host = host
         self.grpc_port = grpc_port or free_port(host)
@@ -175,7 +183,7 @@ class TritonServer:
                 f"--metrics-port={self.metrics_port}", f"--log-verbose={self.log_verbose}",
                 f"--model-load-thread-count={self.model_load_threads}",
                 f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
-                "--exit-on-error=true", "--strict-readiness=true", "--exit-timeout-secs=15"]
+                "--exit-on-error=true", "--strict-readiness=true", "--exit-timeout-secs=15", *self.extra_args]
 
     def start(self, timeout: float = 300.0) -> "TritonServer":
         for key, port in (("grpc_port", self.grpc_port), ("http_port", self.http_port),
@@ -254,20 +262,8 @@ class TritonServer:
         """CPU seconds used so far by the server's process group (its python stubs included); None off Linux."""
         if self.proc is None or not os.path.isdir("/proc"):
             return None
-        hz = os.sysconf("SC_CLK_TCK")
-        total = 0
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open(f"/proc/{pid}/stat") as fh:
-                    stat = fh.read()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
-            if int(fields[2]) == self.proc.pid:  # pgrp: the server leads its own session
-                total += int(fields[11]) + int(fields[12])  # utime + stime
-        return total / hz
+        ticks = sum(int(f[11]) + int(f[12]) for _, f in operate.group_members(self.proc.pid))  # utime + stime
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def models_loading(self) -> list[str]:
         """Models the log says began loading and has not yet said were loaded (what a stall waits on)."""
@@ -280,6 +276,10 @@ class TritonServer:
         started = re.findall(r'"loading: ([^:"]+):', text)
         done = set(re.findall(r"successfully loaded '([^']+)'", text))
         return [m for m in dict.fromkeys(started) if m not in done]
+
+    def supervise(self, stop: threading.Event, interval: float = 0.5) -> Optional[str]:
+        """operate.supervise on this server: None once `stop` is set, else why it can no longer answer."""
+        return operate.supervise(self, stop, interval)
 
     def stop(self, timeout: float = 30.0) -> Optional[int]:
         """SIGTERM, wait, then SIGKILL the process group; returns the exit status."""

@@ -134,5 +134,5 @@ def make(params: dict[str, str], bls=None) -> LLMModel:
     eng = EngineDir.read(params["engine_dir"])
     _, backend = eng.backends(params.get("device", "auto"))
     return LLMModel(load_llm(eng, backend, load_tokenizer(eng), normalize_precision(params.get("precision", "32")),
-                             executor=ExecutorOptions.from_params(params)),
+                             executor=ExecutorOptions.from_params(params), device=params.get("device", "auto")),
                     float(params.get("stream_interval_ms") or 0) / 1000)
