@@ -68,3 +68,16 @@ def local_pipeline(engine_dir, media_dir):
 
     cfg = load_config(InferConfig, [f"engine_dir={engine_dir}", f"inference.media_base_path={media_dir}", "device=cpu"])
     return pipeline_from_engine_dir(engine_dir, cfg)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test that used a live server gets that server's state and last log lines in its report
+    (a server that died shows why)."""
+    outcome = yield
+    report = outcome.get_result()
+    srv = item.funcargs.get("server") if hasattr(item, "funcargs") else None
+    if report.failed and srv is not None and getattr(srv, "proc", None) is not None:
+        code = srv.proc.poll()
+        state = "running" if code is None else f"exited with code {code}"
+        report.sections.append(("tritonserver", f"{state}; last lines of {srv.log_file}:\n{srv.log_tail(60)}"))

@@ -60,12 +60,15 @@ def proc_stat(pid: int) -> Optional[list[str]]:
 
 
 def group_members(pgid: int) -> Iterator[tuple[int, list[str]]]:
-    """(pid, stat fields) of every process in process group pgid (none off Linux)."""
+    """(pid, stat fields) of every live process in process group pgid (none off Linux).
+
+    Zombies are left out: they have exited, and only wait for their parent (init, once the
+    server is gone) to collect their status."""
     if not os.path.isdir("/proc"):
         return
     for pid in filter(str.isdigit, os.listdir("/proc")):
         fields = proc_stat(int(pid))
-        if fields is not None and int(fields[2]) == pgid:
+        if fields is not None and int(fields[2]) == pgid and fields[0] != "Z":
             yield int(pid), fields
 
 
@@ -73,8 +76,6 @@ def stub_processes(pgid: int) -> dict[int, tuple[str, str]]:
     """{pid: (model, start time)} of the live python-backend stubs in process group pgid."""
     out = {}
     for pid, fields in group_members(pgid):
-        if fields[0] == "Z":  # exited, not yet reaped by the server: dead
-            continue
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:

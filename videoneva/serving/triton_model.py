@@ -45,6 +45,17 @@ def error_of(exc: BaseException) -> "pb_utils.TritonError":
     return pb_utils.TritonError(msg, getattr(pb_utils.TritonError, code))
 
 
+def error_output(exc: BaseException) -> dict[str, np.ndarray]:
+    """An error as an `error` output on the final response (error_of's message).
+
+    An error response from a decoupled model never reaches the response iterator of a model that
+    called it through BLS (Triton 2.51): the caller would wait for ever. So the models other models
+    stream from (handlers with start(): the llm) answer every error this way, and
+    TritonBLS.stream raises it as _raise_for would.
+    """
+    return {"error": np.array([error_of(exc).message().encode()], dtype=object)}
+
+
 def response(tensors: dict[str, np.ndarray]) -> "pb_utils.InferenceResponse":
     return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, np.ascontiguousarray(v))
                                                      for k, v in tensors.items()])
@@ -82,9 +93,11 @@ def _tensors_of(resp) -> dict[str, np.ndarray]:
 
 def _raise_for(model: str, resp) -> None:
     """A called model's error: StageError (bad input, INVALID_ARG) or RuntimeError (anything else)."""
-    if not resp.has_error():
-        return
-    msg = resp.error().message()
+    if resp.has_error():
+        _raise_message(model, resp.error().message())
+
+
+def _raise_message(model: str, msg: str) -> None:
     if msg.startswith(INTERNAL):  # error_of's mark; the code itself does not survive BLS here
         raise RuntimeError(f"{model}: {msg}")
     raise StageError(f"{model}: {msg}")
@@ -123,6 +136,8 @@ class TritonBLS:
                 _raise_for(model, resp)
                 out = {k: np.array(v, copy=True) for k, v in _tensors_of(resp).items()}
                 resp = None
+                if "error" in out:  # a decoupled model's error (error_output)
+                    _raise_message(model, out["error"].reshape(-1)[0].decode())
                 if out:  # the stream ends with an empty, final-flagged response
                     yield out
         finally:
@@ -171,7 +186,11 @@ class Worker:
 
 
 class Metrics:
-    """A handler's metrics() (name → (kind, value, description)) as Triton custom metrics."""
+    """A handler's metrics() (name → (kind, value, description)) as Triton custom metrics.
+
+    update() runs in whichever thread ends a request (the llm's executor and worker threads both
+    do): one at a time, or two would add the same counter step.
+    """
 
     def __init__(self, handler, model_name: str):
         self.handler, self.families, self.metrics, self.last = handler, [], {}, {}
@@ -180,8 +199,13 @@ class Metrics:
             self.families.append(family)  # a family must outlive its metrics
             self.metrics[name] = (kind, family.Metric(labels={"model": model_name}))
             self.last[name] = 0
+        self._lock = threading.Lock()
 
     def update(self) -> None:
+        with self._lock:
+            self._update()
+
+    def _update(self) -> None:
         for name, (kind, value, _) in self.handler.metrics().items():
             k, metric = self.metrics[name]
             if k == "COUNTER":
@@ -227,7 +251,8 @@ class TritonPythonModel:
             try:
                 inputs = self._inputs(request)
             except Exception as exc:  # noqa: BLE001  one unreadable request never fails the others
-                send_final(sender, pb_utils.InferenceResponse(output_tensors=[], error=error_of(exc)))
+                send_final(sender, response(error_output(exc)) if hasattr(self.handler, "start") else
+                           pb_utils.InferenceResponse(output_tensors=[], error=error_of(exc)))
                 continue
             if hasattr(self.handler, "batch"):
                 self.inbox.put((inputs, sender))
@@ -248,8 +273,7 @@ class TritonPythonModel:
 
     def _start(self, inputs: dict, sender) -> None:
         def finish(out) -> None:
-            self._finish(sender, pb_utils.InferenceResponse(output_tensors=[], error=error_of(out))
-                         if isinstance(out, BaseException) else response(out))
+            self._finish(sender, response(error_output(out) if isinstance(out, BaseException) else out))
         try:
             self.handler.start(inputs, Call(sender), finish)
         except Exception as exc:  # noqa: BLE001  refused before it started

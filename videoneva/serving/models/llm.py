@@ -8,7 +8,9 @@ BLS costs far more than a decode step of a small model, so one per id would cap 
 without streaming, the ids gathered over PROGRESS_INTERVAL_S (the entry model checks for a
 cancelled client between them); then the final response with every id, the log-probs and the
 finish reason. A request carrying only `cancel_key` cancels the request sent with that `request_key`,
-which leaves the batch at the next step.
+which leaves the batch at the next step. An error (a cancelled request's too) is the final
+response's `error` output, not a Triton error response: a BLS caller never receives the latter
+from a decoupled model (docs/triton-python-backend.md).
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ INPUTS = {"input_ids": ("TYPE_INT32", [-1]), "prompt_embedding_table": ("TYPE_FP
           "sampling": ("TYPE_STRING", [1]), "streaming": ("TYPE_BOOL", [1]), "request_key": ("TYPE_STRING", [1]),
           "cancel_key": ("TYPE_STRING", [1]), "media_key": ("TYPE_STRING", [1])}
 OUTPUTS = {"output_ids": ("TYPE_INT32", [-1]), "output_log_probs": ("TYPE_FP32", [-1]),
-           "finish_reason": ("TYPE_STRING", [1])}
+           "finish_reason": ("TYPE_STRING", [1]), "error": ("TYPE_STRING", [1])}
 DECOUPLED = True
 PROGRESS_INTERVAL_S = 0.1
 METRICS = {"active_sequences": "GAUGE", "queued_requests": "GAUGE", "steps": "COUNTER", "step_sequences": "COUNTER",
