@@ -152,7 +152,7 @@ def test_isolated_turns_never_see_an_earlier_answer(conv_data, media_dir, tmp_pa
     from videoneva.media.sources import MediaRoot
     from videoneva.model.vision import VisionFeatures
     from videoneva.train.data import ConversationDataset, collate
-    from videoneva.train.loop import forward_loss
+    from videoneva.train.step import forward_loss
 
     ck = load_checkpoint(tiny_checkpoint)
     model, tok = ck.model.eval(), ck.tokenizer
@@ -203,7 +203,7 @@ def test_loss_on_answer_positions_equals_the_models_own_loss(tiny_checkpoint, co
     from videoneva.model.vision import VisionFeatures
     from videoneva.train.data import ConversationDataset, collate
     from videoneva.train.evaluate import embed_batch
-    from videoneva.train.loop import forward_loss
+    from videoneva.train.step import forward_loss
 
     ck = load_checkpoint(tiny_checkpoint)
     model, tok = ck.model.eval(), ck.tokenizer
