@@ -70,6 +70,18 @@ def build_model(cfg: TrainConfig, records: list[dict], tokenizer=None, tokenizer
     return model, tok, _settings_from(cfg, settings)
 
 
+def tower_params_in_use(model) -> list:
+    """The vision tower's parameters the features depend on: the layers up to the one the projector
+    reads (vision_feature_layer), not those after it nor the pooled output's norm. The others never
+    get a gradient; marked trainable they would stall DDP and FSDP waiting for one."""
+    tower = getattr(model.model.vision_tower, "vision_model", model.model.vision_tower)  # transformers 4 nests it
+    layers = tower.encoder.layers
+    used = model.config.vision_feature_layer % (len(layers) + 1)  # hidden_states[i] is layer i's input
+    skip = {id(p) for layer in layers[used:] for p in layer.parameters()}
+    skip |= {id(p) for p in tower.post_layernorm.parameters()}
+    return [p for p in model.model.vision_tower.parameters() if id(p) not in skip]
+
+
 def set_trainable(model, cfg: TrainConfig) -> None:
     for p in model.parameters():
         p.requires_grad_(False)
@@ -80,8 +92,21 @@ def set_trainable(model, cfg: TrainConfig) -> None:
             for p in [*model.model.language_model.parameters(), *model.lm_head.parameters()]:
                 p.requires_grad_(True)
         if not cfg.train.freeze_vision:
-            for p in model.model.vision_tower.parameters():
+            for p in tower_params_in_use(model):
                 p.requires_grad_(True)
+
+
+def checkpointing(model, on: bool) -> None:
+    """Activation checkpointing (non-reentrant) of every layer of the LLM and of the vision tower, or off."""
+    if not hasattr(model, "activation_checkpointing_enable"):  # the name before transformers 5.x
+        if on:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_disable()
+    elif on:
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.activation_checkpointing_disable()
 
 
 def prepare(model, cfg: TrainConfig):
@@ -90,8 +115,8 @@ def prepare(model, cfg: TrainConfig):
     wrapper around it with LoRA, else base itself."""
     model.to(PARAM_DTYPES[cfg.trainer.precision]).train()
     set_trainable(model, cfg)
-    if cfg.train.activation_checkpointing:  # every layer of the LLM and of the vision tower
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.train.activation_checkpointing:
+        checkpointing(model, True)
     if not (cfg.train.lora.enable and cfg.stage == "finetune"):
         return model, model
     from peft import LoraConfig as PeftLora, get_peft_model

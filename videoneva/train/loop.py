@@ -29,7 +29,8 @@ from videoneva.config import config_help, load_config
 from videoneva.errors import ConfigError
 from videoneva.media.settings import MediaSettings
 from videoneva.media.sources import MediaRoot
-from videoneva.train.build import build_model, lr_lambda, prepare, train_media_settings, train_tokenizer_for
+from videoneva.train.build import (build_model, checkpointing, lr_lambda, prepare, train_media_settings,
+                                   train_tokenizer_for)
 from videoneva.train.config import TrainConfig
 from videoneva.train.data import ConversationDataset, collate, load_conversations
 from videoneva.train.engine import check_run, make_fabric, media_less
@@ -86,7 +87,7 @@ def _export(cfg: TrainConfig, fabric, model, base, tok, settings, records: list[
         TrainStep(model, base, settings.frame_token_pool).load_state_dict(whole)
     model.eval()
     if cfg.train.activation_checkpointing:
-        base.gradient_checkpointing_disable()
+        checkpointing(base, False)
     save_checkpoint(model.merge_and_unload() if model is not base else model, tok, settings, final)
 
 

@@ -28,7 +28,7 @@ def _gathered_rng(fabric) -> list[torch.Tensor]:
     mine = torch.get_rng_state()
     if fabric.world_size == 1:
         return [mine]
-    return [t.cpu() for t in fabric.all_gather(mine.to(fabric.device))]
+    return [t.cpu().clone() for t in fabric.all_gather(mine.to(fabric.device))]  # own storage each
 
 
 def save_last(fabric, last: Path, step_module, opt, sched, tok, settings, meta: dict) -> None:
@@ -73,5 +73,5 @@ def load_last(fabric, last: Path, step_module, opt, sched, micro_batch_size: int
     del head
     rest = fabric.load(path, {"model": step_module, "optimizer": opt, "scheduler": sched})
     rng = rest["rng"]
-    torch.set_rng_state(rng[fabric.global_rank % len(rng)])
+    torch.set_rng_state(rng[fabric.global_rank % len(rng)].clone())  # set_rng_state reads the storage from 0
     return rest
