@@ -169,7 +169,7 @@ def train(cfg: TrainConfig) -> dict:
     final = out_dir / "final"
     _export(cfg, fabric, model, base, tok, settings, records, last, final)
     summary = {"steps": step, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-               "seconds": seconds, "final": str(final), "eval": evals, "processes": world,
+               "seconds": seconds, "final": str(final), "eval": evals, "processes": world, "device": str(fabric.device),
                "vision_pretrain": None if pre is None else {k: v for k, v in pre.items() if k != "losses"},
                "config": dataclasses.asdict(cfg)}
     if main:
