@@ -1,5 +1,5 @@
-"""`videoneva train` in several real processes (gloo on CPU): DDP through Fabric's launcher and torchrun,
-FSDP2, a SIGKILL mid-run and its resume on the same and on another number of processes.
+"""`videoneva train` in several real processes (gloo on CPU): DDP through Fabric's own launcher, torchrun and
+`fabric run`, FSDP2, a SIGKILL mid-run and its resume on the same and on another number of processes.
 
 Every run of one group has the same global batch (micro 2 x grad_accum x processes = 4), so the loss
 curves must agree; the tolerance is a relative 1e-5 per step (one process and two see the same
@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +104,12 @@ def test_two_ddp_processes_follow_the_one_process_loss_curve_and_write_one_check
         torch.testing.assert_close(pb, pa, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL the launcher and every process it started, by pid."""
     tree = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]
@@ -117,7 +124,7 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 
 def test_a_killed_run_resumes_with_the_uninterrupted_losses(ddp_runs, data, tmp_path):
     """torchrun starts two processes; they are SIGKILLed right after the checkpoint of step 2; the run resumes
-    from it on two processes (Fabric's launcher) and on one (in this process)."""
+    from it on two processes (`fabric run`, Lightning's launcher) and on one (in this process)."""
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "videoneva.cli",
            "train", *_args(data, out, "trainer.devices=2", "train.grad_accum=1", "save_every=2")]
@@ -135,7 +142,9 @@ def test_a_killed_run_resumes_with_the_uninterrupted_losses(ddp_runs, data, tmp_
     assert 2 <= saved["step"] < STEPS and saved["world_size"] == 2
     other = tmp_path / "other"
     shutil.copytree(out, other)
-    _run([VIDEONEVA, "train", *_args(data, out, "trainer.devices=2", "train.grad_accum=1", "resume=true")])
+    _run([str(Path(sys.executable).parent / "fabric"), "run", "--accelerator=cpu", "--devices=2",
+          f"--main-port={_free_port()}", VIDEONEVA, "train",
+          *_args(data, out, "trainer.devices=2", "train.grad_accum=1", "resume=true")])
     _close(_losses(out), _losses(ddp_runs / "two"))
     resumed = _one_process(_args(data, other, "train.grad_accum=2", "resume=true"))
     assert resumed["processes"] == 1

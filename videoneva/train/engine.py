@@ -127,3 +127,10 @@ def make_fabric(cfg, accelerator: str, unused_parameters: bool):
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // t.devices))  # no oversubscription of the cores
     return Fabric(accelerator=accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
                   precision=t.precision)
+
+
+def launch(fabric) -> None:
+    """Start this node's other processes with Fabric's own launcher, unless an outside launcher did:
+    torchrun (Fabric then starts nothing) or `fabric run` (Fabric joined its processes on construction)."""
+    if os.environ.get("LT_CLI_USED") != "1":
+        fabric.launch()

@@ -33,7 +33,7 @@ from videoneva.train.build import (build_model, checkpointing, lr_lambda, prepar
                                    train_tokenizer_for)
 from videoneva.train.config import TrainConfig
 from videoneva.train.data import ConversationDataset, collate, load_conversations
-from videoneva.train.engine import check_run, make_fabric, media_less
+from videoneva.train.engine import check_run, launch, make_fabric, media_less
 from videoneva.train.evaluate import exact_match_parallel
 from videoneva.train.order import MicroBatchOrder, rank_micro_batches
 from videoneva.train.state import STATE_FILE, load_last, save_last
@@ -101,7 +101,7 @@ def train(cfg: TrainConfig) -> dict:
     accelerator = check_run(cfg, records, held)
     order = MicroBatchOrder(len(records), cfg.train.micro_batch_size, cfg.seed)
     fabric = make_fabric(cfg, accelerator, unused_parameters=bool(media_less(records)))
-    fabric.launch()
+    launch(fabric)
     main = fabric.is_global_zero
     torch.manual_seed(cfg.seed)
     model, tok, settings = _model(cfg, records, fabric, last)
@@ -132,12 +132,13 @@ def train(cfg: TrainConfig) -> dict:
     accum, world, rank, pad = cfg.train.grad_accum, fabric.world_size, fabric.global_rank, tok.pad_token_id or 0
     bar = tqdm(total=cfg.train.max_steps, initial=step, desc=f"train[{cfg.stage}]", file=sys.stderr,
                dynamic_ncols=True, disable=not main)
-    t0 = time.perf_counter()
+    t0, tokens, first = time.perf_counter(), torch.zeros((), dtype=torch.long, device=fabric.device), step
     while step < cfg.train.max_steps:
         opt.zero_grad(set_to_none=True)
         total = 0.0
         for a, k in enumerate(rank_micro_batches(consumed, accum, world, rank)):
             batch = fabric.to_device(collate([ds[i] for i in order.micro_batch(k)], pad, cfg.data.isolate_turns))
+            tokens += batch["attention_mask"].sum()
             with fabric.no_backward_sync(step_module, enabled=world > 1 and a < accum - 1):
                 loss = step_module(batch) / accum
                 fabric.backward(loss)
@@ -166,10 +167,13 @@ def train(cfg: TrainConfig) -> dict:
             save_last(fabric, last, step_module, opt, sched, tok, settings, meta)
     bar.close()
     seconds = time.perf_counter() - t0
+    if world > 1:
+        tokens = fabric.all_reduce(tokens, reduce_op="sum")
     final = out_dir / "final"
     _export(cfg, fabric, model, base, tok, settings, records, last, final)
     summary = {"steps": step, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
                "seconds": seconds, "final": str(final), "eval": evals, "processes": world, "device": str(fabric.device),
+               "samples": (step - first) * accum * world * cfg.train.micro_batch_size, "tokens": int(tokens),
                "vision_pretrain": None if pre is None else {k: v for k, v in pre.items() if k != "losses"},
                "config": dataclasses.asdict(cfg)}
     if main:
