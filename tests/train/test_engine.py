@@ -5,10 +5,10 @@ import json
 
 import pytest
 import torch
+from train_helpers import tiny_config
 
-from videoneva.config import load_config
 from videoneva.errors import ConfigError
-from videoneva.train.config import TrainConfig, training_precision
+from videoneva.train.config import training_precision
 from videoneva.train.loop import train
 from videoneva.train.order import MicroBatchOrder, rank_micro_batches
 
@@ -23,12 +23,7 @@ def records(tmp_path, media_dir):
     return p
 
 
-def _cfg(data, media_dir, out, *extra):
-    return load_config(TrainConfig, [
-        f"data.data_path={data}", f"data.video_folder={media_dir}", f"output_dir={out}", "data.num_frames=2",
-        "data.frame_token_pool=4", "model.image_size=56", "model.vision_hidden=32", "model.vision_intermediate=64",
-        "model.text_hidden=64", "model.text_intermediate=128", "model.vocab_size=300", "train.micro_batch_size=2",
-        "train.warmup_steps=1", "train.lr=3e-3", "save_every=0", "log_every=0", *extra])
+_cfg = tiny_config
 
 
 def test_precision_keys_are_lightnings():

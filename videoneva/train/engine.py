@@ -103,6 +103,22 @@ def fsdp2_layers(module: torch.nn.Module, mesh) -> torch.nn.Module:
     return module
 
 
+def _direct_checkpoint_io():
+    """A CheckpointIO that torch.saves straight into the file. Lightning's TorchCheckpointIO serialises
+    the whole checkpoint into memory first (cloud_io._atomic_save), holding two more copies of the
+    weights at once; videoneva/train/state.py gets the same atomicity by writing a temporary name
+    and renaming it."""
+    from lightning.fabric.plugins import TorchCheckpointIO
+
+    class DirectCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+            if storage_options is not None:
+                raise TypeError("storage_options are not supported")
+            torch.save(checkpoint, path)
+
+    return DirectCheckpointIO()
+
+
 def make_fabric(cfg, accelerator: str, unused_parameters: bool):
     """The Lightning Fabric for these keys (not launched yet).
 
@@ -125,8 +141,10 @@ def make_fabric(cfg, accelerator: str, unused_parameters: bool):
         strategy = "auto"
     if accelerator == "cpu" and t.devices > 1 and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // t.devices))  # no oversubscription of the cores
+    # FSDP gathers the full state itself and writes it with torch.save; it takes no CheckpointIO
+    plugins = [] if t.strategy == "fsdp" else [_direct_checkpoint_io()]
     return Fabric(accelerator=accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
-                  precision=t.precision)
+                  precision=t.precision, plugins=plugins)
 
 
 def launch(fabric) -> None:
