@@ -1,7 +1,7 @@
 """Training step time of the demo recipe: LM head on the answer positions only vs on every position.
 
 `videoneva train` computes the loss with the LM head on the positions that predict an assistant
-token (videoneva/train/loop.py forward_loss); the model's own `labels=` path runs it on every
+token (videoneva/train/step.py forward_loss); the model's own `labels=` path runs it on every
 position. Both give the same loss (tests/train/test_train.py). This times one optimizer step
 (forward, backward, AdamW) of each on the same batches of the demo recipe's data layout
 (videoneva/demo/train_demo.yaml sizes, 9-question isolated multi-turn records), interleaved in
@@ -23,8 +23,13 @@ import torch
 
 from videoneva.cli import main as cli
 from videoneva.config import load_config
-from videoneva.train import loop as L
+from videoneva.media.sources import MediaRoot
+from videoneva.model.vision import VisionFeatures
+from videoneva.train.build import build_model, prepare, train_media_settings
+from videoneva.train.config import TrainConfig
+from videoneva.train.data import ConversationDataset, collate, load_conversations
 from videoneva.train.evaluate import embed_batch
+from videoneva.train.step import attention_inputs, forward_loss
 
 HERE = Path(__file__).resolve().parent
 RECIPE = HERE.parent / "videoneva" / "demo" / "train_demo.yaml"
@@ -33,7 +38,7 @@ RECIPE = HERE.parent / "videoneva" / "demo" / "train_demo.yaml"
 def full_logits_loss(model, vision, batch: dict) -> torch.Tensor:
     """The model's own labels= loss (LM head on every position), same masks as forward_loss."""
     embeds = embed_batch(model, vision, batch)
-    return model(inputs_embeds=embeds, labels=batch["labels"], **L.attention_inputs(batch, embeds.dtype)).loss
+    return model(inputs_embeds=embeds, labels=batch["labels"], **attention_inputs(batch, embeds.dtype)).loss
 
 
 def main(argv: list[str]) -> int:
@@ -50,23 +55,23 @@ def main(argv: list[str]) -> int:
                 "multi_turn=true", "two_shape_fraction=0.6", "image_fraction=0.1", "questions_per_scene=9",
                 "extra_types=motion,describe,shape"]) != 0:
             return 1
-        cfg = load_config(L.TrainConfig, [f"config={RECIPE}", f"data.data_path={data / 'train.json'}",
+        cfg = load_config(TrainConfig, [f"config={RECIPE}", f"data.data_path={data / 'train.json'}",
                                           f"data.video_folder={data}", "data.eval_data_path=null",
                                           "vision_pretrain.scenes=null", f"output_dir={tmp}/run"])
-        records = L.load_conversations(cfg.data.data_path)
-        model, tok, settings = L._build(cfg, records)
-        model, base = L._prepare(model, cfg)
-        vision = L.VisionFeatures(base, settings.frame_token_pool)
-        media = L.train_media_settings(settings, base)
-        ds = L.ConversationDataset(records, tok, settings.conv_template, media, L.MediaRoot(data), vision.tokens, True)
+        records = load_conversations(cfg.data.data_path)
+        model, tok, settings = build_model(cfg, records)
+        model, base = prepare(model, cfg)
+        vision = VisionFeatures(base, settings.frame_token_pool)
+        media = train_media_settings(settings, base)
+        ds = ConversationDataset(records, tok, settings.conv_template, media, MediaRoot(data), vision.tokens, True)
         mbs = cfg.train.micro_batch_size
-        batches = [L.collate([ds[i] for i in range(j, j + mbs)], tok.pad_token_id, True)
+        batches = [collate([ds[i] for i in range(j, j + mbs)], tok.pad_token_id, True)
                    for j in range(0, len(ds) - mbs + 1, mbs)]
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
-    variants = {"answer_positions": L.forward_loss, "every_position": full_logits_loss}
+    variants = {"answer_positions": forward_loss, "every_position": full_logits_loss}
     b0 = batches[0]
-    same = abs(float(L.forward_loss(base, vision, b0)) - float(full_logits_loss(base, vision, b0)))
+    same = abs(float(forward_loss(base, vision, b0)) - float(full_logits_loss(base, vision, b0)))
 
     def run(fn) -> float:
         t = time.perf_counter()

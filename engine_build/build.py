@@ -181,10 +181,11 @@ def build(cfg: BuildConfig) -> dict:
         # 3. TensorRT-LLM checkpoint (AWQ when asked), calibrated on real multimodal samples
         quantized = cfg.quantization.enable
         algorithm = cfg.quantization.algorithm if quantized else None
+        export_dtype = "float16" if precision == "32" else trt_dtype  # TensorRT-LLM engines run fp16/bf16
         if quantized:
             batches = _calibration_batches(cfg, ckpt, plan)
+            lm = llm_build.calibration_device(lm, export_dtype)
             lm = llm_build.quantize(lm, algorithm, batches, group_size=cfg.quantization.group_size)
-        export_dtype = "float16" if precision == "32" else trt_dtype  # TensorRT-LLM engines run fp16/bf16
         ck_cfg = llm_build.export_trtllm_checkpoint(lm, tmp / "llm" / "trtllm_ckpt", export_dtype,
                                                     cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size)
         built["trtllm_checkpoint"] = {"path": "llm/trtllm_ckpt", "quantization": ck_cfg.get("quantization"),

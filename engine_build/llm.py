@@ -116,6 +116,14 @@ def _to_model(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
                 else v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
+def calibration_device(lm: PreTrainedModel, dtype: str) -> PreTrainedModel:
+    """The LM on the GPU in the engine's dtype ("float16" | "bfloat16") for calibration when there is one
+    (the forward loop sends every batch to the model's device and dtype); on CPU it stays as it is."""
+    if not torch.cuda.is_available():
+        return lm
+    return lm.to(device="cuda", dtype=EXPORT_DTYPES[dtype])
+
+
 def quantize_awq(lm: PreTrainedModel, calib_batches: Iterable[dict], group_size: int = 128) -> PreTrainedModel:
     """AWQ W4A16 (modelopt awq_lite) calibrated on real samples; returns the fake-quantized model (in place).
 

@@ -11,7 +11,7 @@ from videoneva.cli import main as cli
 from videoneva.config import load_config
 from videoneva.demo import vocab as V
 from videoneva.demo.scenes import SceneSpec, ShapeSpec
-from videoneva.demo.vision_pretrain import build_targets, frame_times, patch_cover, read_scenes
+from videoneva.demo.scene_labels import build_targets, frame_times, patch_cover, read_scenes
 from videoneva.errors import ConfigError
 from videoneva.media.settings import MediaSettings
 from videoneva.train.loop import TrainConfig, train

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from train_helpers import tiny_config
 
 from videoneva.config import load_config
 from videoneva.errors import ConfigError
@@ -30,12 +31,7 @@ def conv_data(tmp_path, media_dir):
     return p
 
 
-def _cfg(data, media_dir, out, *extra):
-    return load_config(TrainConfig, [
-        f"data.data_path={data}", f"data.video_folder={media_dir}", f"output_dir={out}", "data.num_frames=2",
-        "data.frame_token_pool=4", "model.image_size=56", "model.vision_hidden=32", "model.vision_intermediate=64",
-        "model.text_hidden=64", "model.text_intermediate=128", "model.vocab_size=300", "train.micro_batch_size=2",
-        "train.warmup_steps=2", "train.lr=3e-3", "save_every=0", "log_every=0", *extra])
+_cfg = tiny_config
 
 
 def test_short_run_lowers_the_loss_and_saves_a_loadable_checkpoint(conv_data, media_dir, tmp_path):
@@ -152,7 +148,7 @@ def test_isolated_turns_never_see_an_earlier_answer(conv_data, media_dir, tmp_pa
     from videoneva.media.sources import MediaRoot
     from videoneva.model.vision import VisionFeatures
     from videoneva.train.data import ConversationDataset, collate
-    from videoneva.train.loop import forward_loss
+    from videoneva.train.step import forward_loss
 
     ck = load_checkpoint(tiny_checkpoint)
     model, tok = ck.model.eval(), ck.tokenizer
@@ -203,7 +199,7 @@ def test_loss_on_answer_positions_equals_the_models_own_loss(tiny_checkpoint, co
     from videoneva.model.vision import VisionFeatures
     from videoneva.train.data import ConversationDataset, collate
     from videoneva.train.evaluate import embed_batch
-    from videoneva.train.loop import forward_loss
+    from videoneva.train.step import forward_loss
 
     ck = load_checkpoint(tiny_checkpoint)
     model, tok = ck.model.eval(), ck.tokenizer

@@ -26,6 +26,15 @@ def embed_batch(model, vision: VisionFeatures, batch: dict) -> torch.Tensor:
     return embeds.masked_scatter(mask[..., None], feats.reshape(-1, feats.shape[-1]).to(embeds.dtype))
 
 
+def answers_right(model, vision: VisionFeatures, batch: dict) -> torch.Tensor:
+    """Per record of the batch: True when every assistant token is the model's argmax (bool [B])."""
+    logits = model(inputs_embeds=embed_batch(model, vision, batch), attention_mask=batch["attention_mask"]).logits
+    pred = logits[:, :-1].argmax(-1)  # (B, L-1): the prediction for position t+1
+    target = batch["labels"][:, 1:]
+    scored = target != IGNORE_INDEX
+    return ((pred == target) | ~scored).all(dim=1) & scored.any(dim=1)
+
+
 @torch.no_grad()
 def exact_match(model, vision: VisionFeatures, ds, pad_id: int, batch_size: int = 16) -> list[bool]:
     """Per record of ds: True when every assistant token is the model's argmax (teacher-forced).
@@ -43,12 +52,36 @@ def exact_match(model, vision: VisionFeatures, ds, pad_id: int, batch_size: int 
     try:
         for start in range(0, len(ds), batch_size):
             batch = collate([ds[i] for i in range(start, min(start + batch_size, len(ds)))], pad_id)
-            logits = model(inputs_embeds=embed_batch(model, vision, batch), attention_mask=batch["attention_mask"]).logits
-            pred = logits[:, :-1].argmax(-1)  # (B, L-1): the prediction for position t+1
-            target = batch["labels"][:, 1:]
-            scored = target != IGNORE_INDEX
-            ok = ((pred == target) | ~scored).all(dim=1) & scored.any(dim=1)
-            right += ok.tolist()
+            right += answers_right(model, vision, batch).tolist()
     finally:
         model.train(was_training)
     return right
+
+
+@torch.no_grad()
+def exact_match_parallel(fabric, step_module, ds, pad_id: int, batch_size: int = 16) -> list[bool]:
+    """exact_match through the engine-wrapped TrainStep, the batches shared out to the processes.
+
+    The batches are exact_match's (records [0, 16), [16, 32), …); batch b runs on process
+    b mod world_size. Every process runs the same number of forward passes (a process with no
+    batch left runs batch 0 again and drops it), as sharded models need; the per-record results
+    are summed over the processes.
+    """
+    n, world, rank = len(ds), fabric.world_size, fabric.global_rank
+    n_batches = -(-n // batch_size)
+    right = torch.zeros(n, dtype=torch.int32, device=fabric.device)
+    was_training = step_module.training
+    step_module.eval()
+    try:
+        for i in range(-(-n_batches // world)):
+            b = i * world + rank
+            start = (b if b < n_batches else 0) * batch_size
+            rows = range(start, min(start + batch_size, n))
+            ok = step_module(fabric.to_device(collate([ds[j] for j in rows], pad_id)), score=True)
+            if b < n_batches:
+                right[start: start + len(rows)] = ok.to(torch.int32)
+    finally:
+        step_module.train(was_training)
+    if world > 1:
+        right = fabric.all_reduce(right, reduce_op="sum")
+    return right.bool().tolist()
