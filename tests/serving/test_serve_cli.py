@@ -165,10 +165,14 @@ def _req(**kw):
     (_req(insert_media_token=string_tensor("middle")), "insert_media_token"),
     (_req(text_input=np.array([b"\xff\xfe"], dtype=object)), "UTF-8"),
     (_req(text_input=string_tensor("a", "b")), "one string"),
+    (_req(messages=string_tensor("[{")), "'messages' is not valid JSON"),
+    (_req(messages=string_tensor('[{"role": "user", "content": "a"}]')), "end with an assistant turn"),
+    (_req(messages=string_tensor('[{"role": "tool", "content": "a"}]')), "expected role 'user'"),
+    (_req(messages=string_tensor('[{"role": "system", "content": "' + "x" * 40 + '"}]')), "with messages.*limit is 32"),
 ])
 def test_parse_request_refuses_bad_values_by_name(inputs, match):
     with pytest.raises(RequestError, match=match):
-        parse_request(inputs, ServerLimits(max_tokens_limit=32, max_media_bytes=10))
+        parse_request(inputs, ServerLimits(max_tokens_limit=32, max_media_bytes=10, max_text_chars=32))
 
 
 def test_the_client_digest_is_the_cache_digest():
