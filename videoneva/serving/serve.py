@@ -22,12 +22,15 @@ log = logging.getLogger(__name__)
 HELP = """videoneva serve: serve a Video NeVA model over gRPC with Triton Inference Server.
 
   videoneva serve engine_dir=DIR [host=127.0.0.1 grpc_port=8001 http_port=8000 metrics_port=8002]
+                  [openai_port=9000 api_key_env=VAR openai_allowed_hosts=[host,…]]
 
 Renders a model repository from triton_repo/: `videoneva` (the entry point: decoupled, streams
 text) over `feature_cache`, `preprocess`, `vision_encoder` (dynamic batching) and `llm` (streams
 token ids); then starts `tritonserver` (the nvidia-pytriton wheel's, or one on PATH), waits until
 ready, prints the endpoints, and stops on Ctrl-C / SIGTERM. Binds to 127.0.0.1 unless host= says
 otherwise. inference.* keys (NeMo's names) set the sampling defaults a request does not set.
+With openai_port=, an OpenAI-compatible API (/v1/chat/completions with video_url / image_url
+parts, /v1/models, /health) runs over the same gRPC endpoint (docs/openai.md).
 Clients: `videoneva infer server_url=HOST:PORT …` or videoneva.serving.Client."""
 
 
