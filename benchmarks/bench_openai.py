@@ -1,0 +1,212 @@
+"""The OpenAI-compatible API measured by NVIDIA AIPerf, side by side with `videoneva bench` over gRPC.
+
+One `videoneva serve … openai_port=0` server (the demo model, feature cache off so every request
+decodes and encodes its video), the same prompts (H.264 clips, each asked every question), the same
+decoding (greedy, repetition penalty 1.0, exactly --tokens output tokens: min_tokens = max_tokens),
+streamed, at each concurrency level:
+
+  aiperf     `aiperf profile --endpoint-type chat --streaming` on /v1/chat/completions; the clips go
+             as base64 `video_url` data URLs (AIPerf's single_turn dataset: one text part, then the
+             video, which the server renders as "question<video>")
+  videoneva  `videoneva bench` over gRPC, media sent as bytes, insert_media_token=right (the same prompt)
+
+The two tools take turns (--rounds, the first tool alternating), so a change of machine load hits
+both; each cell of the table is the median over the rounds. AIPerf runs in its own virtual
+environment (it needs numpy 2): --aiperf names its executable (default: .venv-aiperf/bin/aiperf;
+`python3 -m venv .venv-aiperf && .venv-aiperf/bin/pip install aiperf`).
+
+  python benchmarks/bench_openai.py [--concurrency 1,4] [--num-requests 32] [--rounds 3] [--tokens 8]
+
+Writes results/openai_aiperf.json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+TMP = HERE / "results" / "tmp"
+
+
+def start_server(eng: Path, media: Path, levels: list[int], threads: int) -> tuple[subprocess.Popen, str, str]:
+    """`videoneva serve` with the OpenAI API; returns (process, gRPC address, OpenAI base URL)."""
+    cmd = [sys.executable, "-m", "videoneva.cli", "serve", f"engine_dir={eng}", f"media_root={media}", "grpc_port=0",
+           "http_port=0", "metrics_port=0", "openai_port=0", "cache_bytes=0", f"threads={threads}",
+           f"videoneva_instances={max(levels)}", "startup_timeout=600"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        print(line, end="", flush=True)
+        if "videoneva serve: ready" in line:
+            return proc, re.search(r"grpc=(\S+)", line).group(1), re.search(r"openai=(\S+)/v1", line).group(1)
+    raise RuntimeError(f"the server did not start (exit status {proc.wait()})")
+
+
+def aiperf_dataset(prompts: Path, out: Path) -> Path:
+    """The prompt file as AIPerf's single_turn jsonl: the question and the clip's absolute path."""
+    lines = [json.loads(ln) for ln in prompts.read_text().splitlines() if ln.strip()]
+    out.write_text("".join(json.dumps({"text": ln["text"], "video": str(prompts.parent / ln["video"])}) + "\n"
+                           for ln in lines))
+    return out
+
+
+def run_aiperf(exe: str, url: str, model: str, data: Path, eng: Path, c: int, n: int, tokens: int, warmup: int,
+               out: Path) -> dict:
+    cmd = [exe, "profile", "--model", model, "--url", url, "--endpoint-type", "chat", "--streaming",
+           "--input-file", str(data), "--custom-dataset-type", "single_turn", "--concurrency", str(c),
+           "--request-count", str(max(n, c)), "--warmup-request-count", str(warmup),
+           "--tokenizer", str(eng / "tokenizer"), "--use-server-token-count",
+           "--extra-inputs", f"max_tokens:{tokens}", "--extra-inputs", f"min_tokens:{tokens}",
+           "--extra-inputs", "temperature:0", "--extra-inputs", "repetition_penalty:1.0",
+           "--artifact-dir", str(out), "--ui-type", "none", "--random-seed", "0"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"aiperf failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    found = sorted(out.rglob("profile_export_aiperf.json"))
+    if not found:
+        raise RuntimeError(f"aiperf wrote no profile_export_aiperf.json under {out}:\n{r.stdout[-2000:]}")
+    m = json.loads(found[-1].read_text())
+
+    def metric(name, stat="avg"):
+        v = m.get(name)
+        return None if not isinstance(v, dict) else v.get(stat)
+
+    return {"ttft_p50_ms": metric("time_to_first_token", "p50"), "ttft_mean_ms": metric("time_to_first_token"),
+            "e2e_p50_ms": metric("request_latency", "p50"), "requests_per_s": metric("request_throughput"),
+            "output_tokens_per_s": metric("output_token_throughput"),
+            "requests": metric("request_count"), "errors": (m.get("error_request_count") or {}).get("avg", 0),
+            "command": " ".join(cmd)}
+
+
+def run_videoneva(grpc: str, prompts: Path, c: int, n: int, tokens: int, warmup: int, out: Path) -> dict:
+    argv = ["bench", f"server_url={grpc}", f"prompt_file={prompts}", f"concurrency={c}", f"num_requests={n}",
+            f"tokens_to_generate={tokens}", "ignore_eos=true", f"warmup={warmup}", "insert_media_token=right",
+            "send_media=bytes", f"output_dir={out}", "name=videoneva_bench", "plots=false", "progress=false"]
+    r = subprocess.run([sys.executable, "-m", "videoneva.cli", *argv], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"videoneva bench failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    lv = json.loads((out / "videoneva_bench.json").read_text())["targets"]["triton"]["levels"][0]
+    ms = (lambda s, k: None if s is None else s[k] * 1000)
+    return {"ttft_p50_ms": ms(lv["ttft"], "p50"), "ttft_mean_ms": ms(lv["ttft"], "mean"),
+            "e2e_p50_ms": ms(lv["e2e"], "p50"), "requests_per_s": lv["requests_per_s"],
+            "output_tokens_per_s": lv["output_tokens_per_s"], "requests": lv["requests"], "errors": lv["errors"],
+            "command": "videoneva " + " ".join(argv)}
+
+
+KEYS = ("ttft_p50_ms", "ttft_mean_ms", "e2e_p50_ms", "requests_per_s", "output_tokens_per_s")
+
+
+def median_of(runs: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in runs) if all(r[k] is not None for r in runs) else None for k in KEYS}
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--concurrency", default="1,4")
+    ap.add_argument("--num-requests", type=int, default=32, help="timed requests per level and tool")
+    ap.add_argument("--rounds", type=int, default=3, help="turns of each tool per level (alternating)")
+    ap.add_argument("--tokens", type=int, default=8, help="output tokens per answer (fixed)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--videos", type=int, default=4)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--size", default="640x360")
+    ap.add_argument("--server-threads", type=int, default=1)
+    ap.add_argument("--aiperf", default=str(ROOT / ".venv-aiperf" / "bin" / "aiperf"))
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    args = ap.parse_args(argv)
+    if not shutil.which(args.aiperf):
+        raise SystemExit(f"aiperf not found at {args.aiperf}: python3 -m venv .venv-aiperf && "
+                         ".venv-aiperf/bin/pip install aiperf")
+    sys.path.insert(0, str(HERE))
+    from bench_serving import engine, model_checkpoint, prompt_file
+
+    from videoneva.bench.report import command_line, machine_info, now_iso
+
+    levels = [int(x) for x in args.concurrency.split(",")]
+    width, height = (int(x) for x in args.size.split("x"))
+    eng = TMP / "engine_demo"
+    if not (eng / "manifest.json").is_file():
+        eng = engine(model_checkpoint("demo", 8), "demo")
+    prompts = prompt_file(TMP / "serve_media", args.videos, args.seconds, width, height)
+    model = json.loads((eng / "media.json").read_text()).get("model_id") or "videoneva"
+    machine = machine_info()
+    results: dict = {"aiperf": {}, "videoneva_bench": {}}
+    loads = []
+    with tempfile.TemporaryDirectory(prefix="bench_openai_") as work:
+        work = Path(work)
+        data = aiperf_dataset(prompts, work / "aiperf_prompts.jsonl")
+        proc, grpc, url = start_server(eng, prompts.parent, levels, args.server_threads)
+        try:
+            from openai import OpenAI
+
+            model = OpenAI(base_url=url + "/v1", api_key="none").models.list().data[0].id
+            for c in levels:
+                for rnd in range(args.rounds):
+                    order = ("aiperf", "videoneva_bench") if rnd % 2 == 0 else ("videoneva_bench", "aiperf")
+                    for tool in order:
+                        out = work / f"{tool}_c{c}_r{rnd}"
+                        before = load()
+                        if tool == "aiperf":
+                            r = run_aiperf(args.aiperf, url, model, data, eng, c, args.num_requests, args.tokens,
+                                           args.warmup, out)
+                        else:
+                            r = run_videoneva(grpc, prompts, c, args.num_requests, args.tokens, args.warmup, out)
+                        r["load_average_before"] = before
+                        loads.append(before)
+                        results[tool].setdefault(str(c), []).append(r)
+                        print(f"c={c} round {rnd} {tool}: TTFT p50 {r['ttft_p50_ms']:.1f} ms, "
+                              f"{r['requests_per_s']:.3f} req/s, {r['errors']} errors, load {before}", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    table = ["| concurrency | tool | TTFT p50 (ms) | TTFT mean (ms) | e2e p50 (ms) | requests/s | output tokens/s |",
+             "|---|---|---|---|---|---|---|"]
+    ratios = {}
+    for c in levels:
+        med = {tool: median_of(results[tool][str(c)]) for tool in results}
+        ratios[str(c)] = {k: (med["aiperf"][k] / med["videoneva_bench"][k]) if med["aiperf"][k] and
+                          med["videoneva_bench"][k] else None for k in KEYS}
+        for tool in results:
+            m = med[tool]
+            table.append(f"| {c} | {tool} | " + " | ".join("—" if m[k] is None else f"{m[k]:.1f}" if "ms" in k
+                                                           else f"{m[k]:.3f}" for k in KEYS) + " |")
+        r = ratios[str(c)]
+        table.append(f"| {c} | aiperf / videoneva | " + " | ".join("—" if r[k] is None else f"{r[k]:.2f}×"
+                                                                   for k in KEYS) + " |")
+    report = {"benchmark": "OpenAI API under AIPerf vs gRPC under videoneva bench (demo model, same server)",
+              "command": command_line(), "created": now_iso(),
+              "settings": {**{k: str(v) for k, v in vars(args).items()}, "cache_bytes": 0, "greedy": True,
+                           "repetition_penalty": 1.0, "media": f"{args.videos} H.264 clips, {args.seconds} s "
+                           f"{args.size} 30 fps: base64 data URLs (aiperf) / gRPC bytes (videoneva bench)"},
+              "model": model, "engine_dir": str(eng),
+              "machine": {**machine, "load_average_end": load(), "load_average_before_each_run": loads},
+              "runs": results, "median_ratio_aiperf_over_videoneva": ratios, "table_md": table}
+    prefix = args.out / "openai_aiperf"
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    prefix.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    m = report["machine"]
+    md = [f"# {report['benchmark']}", "", "Reproduce:", "", "```", report["command"], "```", "",
+          f"Created {report['created']} on {m['cpu']} ({m['usable_cpus']} usable CPUs, GPU: {m['gpu'] or 'none'}); "
+          f"load average before each run: {loads}; at the end {m['load_average_end']}.", "",
+          f"Medians over {args.rounds} alternating rounds of {args.num_requests} requests per level and tool.", "",
+          *table, "", "The commands of each run are in the JSON (`runs.*.*.command`)."]
+    prefix.with_suffix(".md").write_text("\n".join(md) + "\n")
+    print("\n".join(table))
+    print(f"wrote {prefix}.json / .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
