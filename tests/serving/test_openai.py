@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -182,6 +183,17 @@ def test_sixteen_concurrent_requests(api, oai, media_dir):
         assert out.usage.completion_tokens > 0
     assert all(len(v) == 1 for v in by_question.values())  # greedy: one answer per question
     assert httpx.get(api.url + "/health").status_code == 200
+
+
+def test_the_health_endpoints_the_helm_chart_probes_answer(server):
+    """deploy/helm's startup, readiness and liveness probes ask Triton's HTTP port these paths."""
+    from pathlib import Path
+
+    chart = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "videoneva" / "templates" / "deployment.yaml"
+    paths = set(re.findall(r"path: (/v2/health/\w+)", chart.read_text()))
+    assert paths == {"/v2/health/ready", "/v2/health/live"}
+    for path in paths:
+        assert httpx.get(f"http://{server.host}:{server.http_port}{path}").status_code == 200
 
 
 def test_not_ready_is_503(media_dir):
