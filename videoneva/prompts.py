@@ -182,6 +182,81 @@ def render_conversation(template: str, turns: list[dict], media_type: Optional[s
     return text, spans
 
 
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def chat_turns(messages: list, text: str) -> tuple[Optional[str], list[str]]:
+    """(system text or None, the turns' texts) of a chat ending with the user's `text`.
+
+    Args:
+        messages: the conversation before `text`: [{"role": "system"|"user"|"assistant", "content":
+            str}, …]: an optional system message first, then user and assistant turns alternating,
+            starting with user and ending with assistant (`text` is the next user turn).
+        text: the last user turn.
+
+    Raises:
+        PromptError naming the message that breaks this order.
+    """
+    if not isinstance(messages, list):
+        raise PromptError(f"messages must be a list of {{'role', 'content'}} objects, got {type(messages).__name__}")
+    system, turns = None, []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or set(m) != {"role", "content"} or not isinstance(m["content"], str):
+            raise PromptError(f"messages[{i}]: expected {{'role': str, 'content': str}}, got {m!r:.120}")
+        role = m["role"]
+        want = "user" if len(turns) % 2 == 0 else "assistant"
+        if role == "system" and i == 0:
+            system = m["content"]
+        elif role != want:
+            raise PromptError(f"messages[{i}]: expected role {want!r}, got {role!r}; a conversation is an "
+                              f"optional system message, then user and assistant turns alternating (roles: "
+                              f"{', '.join(CHAT_ROLES)}), ending with the question's user turn")
+        else:
+            turns.append(m["content"])
+    if len(turns) % 2:
+        raise PromptError(f"messages must end with an assistant turn (the question is the next user turn); got "
+                          f"{len(turns)} turns")
+    return system, [*turns, text]
+
+
+def render_chat(template: str, messages: list, text: str, media_type: Optional[str] = None,
+                insert_media_token: Optional[str] = None, label: Optional[str] = None) -> str:
+    """The inference prompt of a conversation: earlier rounds rendered as in training, then the question.
+
+    With no messages this is render_prompt. The media token may stand in any user turn; when none
+    holds it, it is placed in the last one by insert_media_token (see place_media). A system
+    message replaces the template's system text and gets that text's trailing newlines (nv
+    templates: "\n\n"), the layout the model was trained on. Earlier assistant turns carry the
+    template's default label line (nv_steerlm).
+
+    Args:
+        template: a name in TEMPLATES.
+        messages, text: see chat_turns.
+        media_type: "image" | "video" | None.
+        insert_media_token: "left" | "right" | None.
+        label: SteerLM attribute line of the answer to generate (None: the default).
+    """
+    t = get_template(template)
+    system, turns = chat_turns(messages, text)
+    if system is not None and not system.endswith("\n"):
+        system += t.system[len(t.system.rstrip("\n")):]
+    if t.media_only_user:
+        if len(turns) != 1:
+            raise PromptError(f"template {template!r} takes one user turn; got {len(turns)}")
+        return render_prompt(template, text, media_type, insert_media_token, system, label)
+    token = _media_token(media_type)
+    placed = token is not None and any(token in u for u in turns[::2])
+    out = _head(t, system)
+    for i, msg in enumerate(turns):
+        if i % 2:
+            out += _assistant_head(t, None) + t.answer_lead + msg + t.assistant_suffix + t.round_sep
+            continue
+        if i == len(turns) - 1 and not placed:
+            msg = place_media(msg, media_type, insert_media_token)
+        out += _user_turn(t, _image_newline(msg) if t.image_newline else msg, i == 0, system)
+    return out + _assistant_head(t, label)
+
+
 def stop_strings(template: str) -> list[str]:
     """Strings that end an answer for this template (generation stops at them).
 

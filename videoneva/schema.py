@@ -94,7 +94,8 @@ class Request:
     The media is given by exactly one of media_bytes (the encoded file), media_path (under the
     media root) or media_digest (the sha256 hex of a file whose features the server holds).
     insert_media_token, num_frames and splice_single_frame are None to take the model's settings
-    ("none" turns insertion or single-frame splicing off).
+    ("none" turns insertion or single-frame splicing off). messages is the conversation before
+    `text` (system, then user and assistant turns; see prompts.chat_turns), None for one question.
     """
 
     text: str
@@ -105,6 +106,7 @@ class Request:
     media_digest: Optional[str] = None
     num_frames: Optional[int] = None
     splice_single_frame: Optional[str] = None
+    messages: Optional[list] = None
 
 
 @dataclass

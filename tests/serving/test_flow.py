@@ -137,6 +137,18 @@ def test_streamed_pieces_are_the_same_and_make_the_answer(wired, local, media_di
         assert [i for _, ids in got_pieces for i in ids][: len(got.token_ids)] == got.token_ids
 
 
+def test_a_conversation_answers_alike_and_renders_with_the_template(wired, local, media_dir):
+    """`messages` (system, an earlier round with the video) goes over the wire as JSON and is rendered
+    by the template on both stage sets; the video is not inserted a second time."""
+    history = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "<video>What moves?"},
+               {"role": "assistant", "content": "A circle."}]
+    got, _ = _triton(wired, "Where to?", media_type="video", media_path="clip.mp4", messages=history)
+    want, _ = _local(local, "Where to?", media_type="video", media_path="clip.mp4", messages=history)
+    _same(got, want)
+    assert got.prompt.count("<video>") == 1 and "Answer briefly." in got.prompt and "A circle." in got.prompt
+    assert "A circle.\n<extra_id_1>User\nWhere to?\n<extra_id_1>Assistant\n" in got.prompt
+
+
 def test_per_request_frames_change_the_features_and_the_cache_key(wired, local, media_dir):
     data = (media_dir / "clip.mp4").read_bytes()
     base, _ = _triton(wired, "Frames?", media_type="video", media_bytes=data)

@@ -1,6 +1,8 @@
 """`videoneva serve`: readable errors before starting, a clean stop on SIGTERM, templates that agree with the code."""
 from __future__ import annotations
 
+import base64
+import os
 import re
 import shutil
 import signal
@@ -43,6 +45,29 @@ def test_a_taken_port_is_named(engine_dir, capsys):
     assert f"grpc_port={port}" in capsys.readouterr().err
 
 
+def test_openai_keys_are_checked_before_starting(engine_dir, monkeypatch):
+    from videoneva.config import load_config
+    from videoneva.serving.serve import ServeConfig
+
+    with pytest.raises(ConfigError, match="openai_port"):
+        load_config(ServeConfig, [f"engine_dir={engine_dir}", "openai_port=-2"])
+    monkeypatch.delenv("VIDEONEVA_NO_SUCH_KEY", raising=False)
+    with pytest.raises(ConfigError, match="api_key_env=VIDEONEVA_NO_SUCH_KEY"):
+        load_config(ServeConfig, [f"engine_dir={engine_dir}", "api_key_env=VIDEONEVA_NO_SUCH_KEY"])
+    cfg = load_config(ServeConfig, [f"engine_dir={engine_dir}", "openai_allowed_hosts=[media.example,cdn:8080]"])
+    assert cfg.openai_allowed_hosts == ["media.example", "cdn:8080"] and cfg.openai_port == -1
+
+
+def test_a_taken_openai_port_is_named(engine_dir, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert cli(["serve", f"engine_dir={engine_dir}", f"openai_port={port}", "grpc_port=0", "http_port=0",
+                    "metrics_port=0"]) == 2
+    assert f"openai_port={port}" in capsys.readouterr().err
+
+
 def test_vision_batch_smaller_than_a_video_is_refused(engine_dir, capsys):
     assert cli(["serve", f"engine_dir={engine_dir}", "vision_max_batch_frames=2", "grpc_port=0"]) == 2
     assert "vision_max_batch_frames=2" in capsys.readouterr().err
@@ -51,11 +76,13 @@ def test_vision_batch_smaller_than_a_video_is_refused(engine_dir, capsys):
 def test_serve_prints_the_endpoint_and_stops_cleanly_on_sigterm(torch_engine_dir, local_pipeline, media_dir, tmp_path):
     """Started with cache_bytes=0 and the torch LLM (one server start for all checks): no cache, so
     answers say so, the client keeps sending the bytes, and a digest alone is refused by name; the
-    torch LLM answers as the in-process ONNX Runtime LLM does."""
+    torch LLM answers as the in-process ONNX Runtime LLM does; the OpenAI API on its own port (with
+    a key from api_key_env) answers the same question and stops with the server."""
+    env = {**os.environ, "VIDEONEVA_TEST_API_KEY": "k-123"}
     proc = subprocess.Popen([sys.executable, "-m", "videoneva.cli", "serve", f"engine_dir={torch_engine_dir}", "grpc_port=0",
                              "http_port=0", "metrics_port=0", "threads=1", "startup_timeout=240",
-                             "startup_retries=2", "cache_bytes=0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "startup_retries=2", "cache_bytes=0", "openai_port=0", "api_key_env=VIDEONEVA_TEST_API_KEY"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         ready = None
         deadline = time.monotonic() + 3 * 240 + 30  # a stalled start is restarted
@@ -93,12 +120,25 @@ def test_serve_prints_the_endpoint_and_stops_cleanly_on_sigterm(torch_engine_dir
                 c._send(Client.inputs("Again?", media_type="video", media_digest=digest_of(data),
                                       insert_media_token="left"), None, "")
             assert c.answer("Still there?", max_tokens=2).token_ids
+        openai_url = re.search(r"openai=(\S+)", ready).group(1)
+        assert openai_url.startswith("http://127.0.0.1:") and openai_url.endswith("/v1")
+        import openai
+
+        oai = openai.OpenAI(base_url=openai_url, api_key="k-123", max_retries=0)
+        out = oai.chat.completions.create(
+            model="tiny-videoneva", max_tokens=2, temperature=0, extra_body={"repetition_penalty": 1.0},
+            messages=[{"role": "user", "content": [
+                {"type": "video_url", "video_url": {"url": "data:video/mp4;base64," + base64.b64encode(data).decode()}},
+                {"type": "text", "text": "Again?"}]}])
+        assert out.choices[0].message.content == got.clean_response and out.model_extra["videoneva"]["media"]["cache"] == "off"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
         rest = proc.stdout.read()
         assert "stopping" in rest
         with Client(url, retries=0, timeout=5) as c:
             assert not c.ready()
+        with pytest.raises(openai.APIConnectionError):
+            oai.models.list()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -165,10 +205,14 @@ def _req(**kw):
     (_req(insert_media_token=string_tensor("middle")), "insert_media_token"),
     (_req(text_input=np.array([b"\xff\xfe"], dtype=object)), "UTF-8"),
     (_req(text_input=string_tensor("a", "b")), "one string"),
+    (_req(messages=string_tensor("[{")), "'messages' is not valid JSON"),
+    (_req(messages=string_tensor('[{"role": "user", "content": "a"}]')), "end with an assistant turn"),
+    (_req(messages=string_tensor('[{"role": "tool", "content": "a"}]')), "expected role 'user'"),
+    (_req(messages=string_tensor('[{"role": "system", "content": "' + "x" * 40 + '"}]')), "with messages.*limit is 32"),
 ])
 def test_parse_request_refuses_bad_values_by_name(inputs, match):
     with pytest.raises(RequestError, match=match):
-        parse_request(inputs, ServerLimits(max_tokens_limit=32, max_media_bytes=10))
+        parse_request(inputs, ServerLimits(max_tokens_limit=32, max_media_bytes=10, max_text_chars=32))
 
 
 def test_the_client_digest_is_the_cache_digest():

@@ -105,8 +105,11 @@ class Front:
 
     def render(self, req: Request) -> str:
         where = self.settings.insert_media_token if req.insert_media_token is None else req.insert_media_token
+        where = None if where == "none" else where
+        if req.messages:
+            return prompts.render_chat(self.settings.template, req.messages, req.text, req.media_type, where)
         return prompts.render_prompt(self.settings.template, req.text, media_type=req.media_type,
-                                     insert_media_token=None if where == "none" else where)
+                                     insert_media_token=where)
 
     def tokenize(self, prompt: str, num_media_rows: int) -> list[int]:
         """Prompt ids with media positions as fake ids vocab_size + k (TensorRT-LLM convention)."""

@@ -115,8 +115,9 @@ class Client:
     @staticmethod
     def inputs(text: str, media_bytes: Optional[bytes] = None, end_strings: Optional[list[str]] = None,
                stream: bool = False, **settings) -> dict[str, np.ndarray]:
-        """The request's tensors. settings: any input of protocol.INPUTS by name: media_type,
-        media_path, media_digest, num_frames, splice_single_frame, insert_media_token and the
+        """The request's tensors. settings: any input of protocol.INPUTS by name: messages (the
+        conversation before text, a list or its JSON), media_type, media_path, media_digest,
+        num_frames, splice_single_frame, insert_media_token and the
         SamplingSettings fields (max_tokens, min_tokens, greedy, temperature, top_k, top_p,
         repetition_penalty, seed, return_log_probs). None values are left out: the server's defaults."""
         t: dict[str, np.ndarray] = {"text_input": string_tensor(text), "stream": np.array([stream])}
@@ -129,6 +130,8 @@ class Client:
                 raise TypeError(f"unknown request setting {name!r}; valid: {sorted(INPUTS)}")
             if value is None:
                 continue
+            if name == "messages" and not isinstance(value, str):
+                value = json.dumps(value, ensure_ascii=False)
             dtype = NUMPY_DTYPES[INPUTS[name][0]]
             t[name] = string_tensor(value) if dtype is np.object_ else np.array([value], dtype=dtype)
         return t

@@ -7,7 +7,8 @@ travel as encoded bytes (`media_bytes_input`), as a path under the server's medi
 (`media_path`), or as the `media_digest` (sha256 hex) of a file the server has answered about:
 the server answers from its feature cache or refuses with MEDIA_NOT_CACHED, and the client sends
 the bytes. `num_frames` and `splice_single_frame` change the frame sampling of one request (within
-the server's `max_num_frames`). All inputs but text_input are optional.
+the server's `max_num_frames`). `messages` (JSON) is the conversation before text_input, rendered
+with the model's template (prompts.render_chat). All inputs but text_input are optional.
 
 Text is TYPE_STRING (BYTES, UTF-8); end_strings is a list of them; result_json is the whole
 videoneva.schema.Answer as JSON. This module imports no deep-learning stack (clients use it).
@@ -15,12 +16,15 @@ videoneva.schema.Answer as JSON. This module imports no deep-learning stack (cli
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from videoneva.errors import PromptError
+from videoneva.prompts import chat_turns
 from videoneva.schema import (INSERT_CHOICES, MEDIA_NOT_CACHED, MEDIA_TYPES, SAMPLING_FIELDS, Request,  # noqa: F401
                               RequestError, SamplingSettings)
 from videoneva.serving.tensors import scalar_of, strings_of, text_of
@@ -30,6 +34,7 @@ MODEL_NAME = "videoneva"
 # name -> (Triton dtype, dims); max_batch_size 0, so dims are the full shape
 INPUTS: dict[str, tuple[str, list[int]]] = {
     "text_input": ("TYPE_STRING", [1]),
+    "messages": ("TYPE_STRING", [1]),
     "media_type": ("TYPE_STRING", [1]),
     "media_bytes_input": ("TYPE_UINT8", [-1]),
     "media_path": ("TYPE_STRING", [1]),
@@ -90,6 +95,21 @@ class WireRequest:
     stream: bool
 
 
+def _messages(raw: Optional[str], text: str) -> Optional[list]:
+    """The conversation before text_input, parsed and checked (None when absent or empty)."""
+    if raw is None:
+        return None
+    try:
+        messages = json.loads(raw)
+    except ValueError as exc:
+        raise RequestError(f"input 'messages' is not valid JSON: {exc}") from None
+    try:
+        chat_turns(messages, text)
+    except PromptError as exc:
+        raise RequestError(f"input 'messages': {exc}") from None
+    return messages or None
+
+
 def parse_request(inputs: Mapping[str, Optional[np.ndarray]], limits: ServerLimits) -> WireRequest:
     """Validate one request's tensors (name -> array or None).
 
@@ -102,8 +122,11 @@ def parse_request(inputs: Mapping[str, Optional[np.ndarray]], limits: ServerLimi
     text = text_of(inputs.get("text_input"), "text_input")
     if not isinstance(text, str) or not text.strip():
         raise RequestError("input 'text_input' is required and must be a non-empty string")
-    if len(text) > limits.max_text_chars:
-        raise RequestError(f"input 'text_input' is {len(text)} characters; the limit is {limits.max_text_chars}")
+    messages = _messages(text_of(inputs.get("messages"), "messages"), text)
+    size = len(text) + sum(len(m["content"]) for m in messages or [])
+    if size > limits.max_text_chars:
+        raise RequestError(f"input 'text_input' (with messages) is {size} characters; the limit is "
+                           f"{limits.max_text_chars}")
     media_type = text_of(inputs.get("media_type"), "media_type") or None
     path = text_of(inputs.get("media_path"), "media_path") or None
     raw = inputs.get("media_bytes_input")
@@ -148,5 +171,5 @@ def parse_request(inputs: Mapping[str, Optional[np.ndarray]], limits: ServerLimi
     if insert is not None and insert not in INSERT_CHOICES:
         raise RequestError(f"input 'insert_media_token'={insert!r} is not valid; choose one of {list(INSERT_CHOICES)}")
     req = Request(text, media_type, path, data, insert, digest, scalar_of(inputs.get("num_frames"), "num_frames"),
-                  text_of(inputs.get("splice_single_frame"), "splice_single_frame"))
+                  text_of(inputs.get("splice_single_frame"), "splice_single_frame"), messages)
     return WireRequest(req, sampling, bool(scalar_of(inputs.get("stream"), "stream") or False))

@@ -16,13 +16,14 @@ from typing import Optional
 from videoneva.config import DataConfig, InferenceConfig, TrainerConfig, _help, _positive, config_help, load_config, to_dict
 from videoneva.errors import ConfigError
 from videoneva.serving.render import pbtxt_string, render_repository
-from videoneva.serving.server import ServerNotReady, TritonServer
+from videoneva.serving.server import ServerNotReady, TritonServer, check_port_free
 
 log = logging.getLogger(__name__)
 
 HELP = """videoneva serve: serve a Video NeVA model over gRPC with Triton Inference Server.
 
   videoneva serve engine_dir=DIR [host=127.0.0.1 grpc_port=8001 http_port=8000 metrics_port=8002]
+                  [openai_port=9000 api_key_env=VAR openai_allowed_hosts=[host,…]]
 
 Renders a model repository from triton_repo/: `videoneva` (the entry point: decoupled, streams
 text) over `feature_cache`, `preprocess`, `vision_encoder` (dynamic batching) and `llm` (batches
@@ -31,6 +32,8 @@ nvidia-pytriton wheel's), waits until ready, prints the endpoints, and stops on 
 or with exit status 1 when a python-backend stub dies (readiness turns false first; see
 docs/operations.md). Binds to 127.0.0.1 unless host= says otherwise. inference.* keys (NeMo's
 names) set the sampling defaults a request does not set.
+With openai_port=, an OpenAI-compatible API (/v1/chat/completions with video_url / image_url
+parts, /v1/models, /health) runs over the same gRPC endpoint (docs/openai.md).
 Clients: `videoneva infer server_url=HOST:PORT …` or videoneva.serving.Client."""
 
 
@@ -41,6 +44,14 @@ class ServeConfig:
     grpc_port: int = _help("gRPC port (0: pick a free one)", default=8001)
     http_port: int = _help("HTTP port (health, 0: pick a free one)", default=8000)
     metrics_port: int = _help("Prometheus metrics port (0: pick a free one)", default=8002)
+    openai_port: int = _help("OpenAI-compatible HTTP API port (/v1/chat/completions; 0: pick a free one; -1: off)",
+                             default=-1)
+    openai_allowed_hosts: list = _help("hosts the OpenAI API may fetch http(s) media from (empty: remote URLs "
+                                       "are refused)", default_factory=list)
+    openai_fetch_timeout: float = _help("seconds for fetching one remote media item", default=10.0)
+    openai_workers: int = _help("OpenAI API requests answered at once (the rest wait)", default=64)
+    api_key_env: Optional[str] = _help("name of the environment variable holding the OpenAI API's key (unset: "
+                                       "no key is asked for)", default=None)
     model_repository: Optional[str] = _help("where to render the model repository (default: a temp dir)", default=None)
     media_root: Optional[str] = _help("server-side media root for requests that send media_path (confined)", default=None)
     preprocess_instances: int = _help("instances of the preprocess model (media decode runs in parallel)", default=2)
@@ -95,8 +106,15 @@ class ServeConfig:
             v = getattr(self, key)
             if not isinstance(v, int) or not 0 <= v <= 65535:
                 raise ConfigError(f"{key} must be a port number in 0..65535, got {v!r}")
+        if not isinstance(self.openai_port, int) or not -1 <= self.openai_port <= 65535:
+            raise ConfigError(f"openai_port must be a port number in 0..65535 or -1 (off), got {self.openai_port!r}")
+        if self.api_key_env is not None and not os.environ.get(self.api_key_env):
+            raise ConfigError(f"api_key_env={self.api_key_env}: that environment variable is not set or empty")
+        if not self.openai_fetch_timeout > 0:
+            raise ConfigError(f"openai_fetch_timeout must be > 0, got {self.openai_fetch_timeout!r}")
         for key in ("preprocess_instances", "vision_instances", "vision_max_batch_frames", "llm_instances",
-                    "llm_max_batch_size", "videoneva_instances", "videoneva_concurrency", "model_load_threads"):
+                    "llm_max_batch_size", "videoneva_instances", "videoneva_concurrency", "model_load_threads",
+                    "openai_workers"):
             _positive(key, getattr(self, key))
         if isinstance(self.startup_retries, bool) or not isinstance(self.startup_retries, int) or self.startup_retries < 0:
             raise ConfigError(f"startup_retries must be a whole number >= 0, got {self.startup_retries!r}")
@@ -183,6 +201,18 @@ def render(cfg: ServeConfig, out_dir: str | Path) -> Path:
     return render_repository(out_dir, models)
 
 
+def openai_settings(cfg: ServeConfig, grpc_url: str):
+    """The OpenAI frontend's settings for a server started from cfg."""
+    from videoneva.runtime.engine_dir import EngineDir
+    from videoneva.serving.openai_api import OpenAISettings
+    from videoneva.serving.openai_media import MediaPolicy
+
+    media = MediaPolicy(cfg.media_root, frozenset(cfg.openai_allowed_hosts), cfg.max_media_bytes,
+                        cfg.openai_fetch_timeout)
+    return OpenAISettings(grpc_url, cfg.model_id or EngineDir.read(cfg.engine_dir).settings.model_id, media,
+                          os.environ[cfg.api_key_env] if cfg.api_key_env else None, workers=cfg.openai_workers)
+
+
 def start_server(cfg: ServeConfig, workdir: str | Path) -> TritonServer:
     """Check inputs, render under workdir (unless cfg.model_repository), start and wait until ready."""
     check_model_source(cfg)
@@ -217,16 +247,26 @@ def main(argv: list[str]) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with tempfile.TemporaryDirectory(prefix="videoneva-serve-") as work:
+            if cfg.openai_port > 0:  # named before the slow start
+                check_port_free(cfg.host, cfg.openai_port, "openai_port")
             server = start_server(cfg, work)
+            api = None
             try:
+                if cfg.openai_port != -1:
+                    from videoneva.serving.openai_api import OpenAIServer
+
+                    api = OpenAIServer(openai_settings(cfg, server.grpc_url), cfg.host, cfg.openai_port).start()
+                openai = f"  openai={api.url}/v1" if api else ""
                 print(f"videoneva serve: ready  grpc={server.grpc_url}  http=http://{server.host}:{server.http_port}  "
-                      f"metrics={server.metrics_url}  (log: {server.log_file}; Ctrl-C stops)", flush=True)
+                      f"metrics={server.metrics_url}{openai}  (log: {server.log_file}; Ctrl-C stops)", flush=True)
                 failed = server.supervise(stop)  # until Ctrl-C / SIGTERM, the server exits or a stub dies
                 if failed:
                     print(f"videoneva serve: {failed}; last log lines:\n{server.log_tail()}", file=sys.stderr)
                     return 1
                 print("videoneva serve: stopping", file=sys.stderr, flush=True)
             finally:
+                if api is not None:
+                    api.stop()
                 server.stop()
         return 0
     finally:
