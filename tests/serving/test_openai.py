@@ -208,3 +208,23 @@ def test_not_ready_is_503(media_dir):
         with pytest.raises(openai.InternalServerError) as exc:
             c.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
         assert exc.value.status_code == 503
+
+
+def test_a_client_that_disconnects_mid_stream_cancels_its_request(api, server):
+    """Closing a streamed completion after its first piece cancels the request in the llm's batch."""
+    from tests.serving.conftest import MAX_TOKENS
+    from tests.serving.test_batching_server import _metrics, _wait_for
+
+    before = _metrics(server).get("videoneva_llm_cancelled_total", 0)
+    body = {"model": "tiny-videoneva", "stream": True, "max_tokens": MAX_TOKENS - 32, "min_tokens": MAX_TOKENS - 32,
+            "temperature": 0, "messages": [{"role": "user", "content": "Go on and on."}]}
+    with httpx.stream("POST", api.url + "/v1/chat/completions", json=body, timeout=120,
+                      headers={"Authorization": f"Bearer {KEY}"}) as resp:
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if '"content":' in line and '"content":""' not in line.replace(" ", ""):
+                break  # a piece of the answer: hang up
+    now = _wait_for(server, lambda m: m["videoneva_llm_cancelled_total"] > before and
+                    m["videoneva_llm_active_sequences"] == 0)
+    assert now["videoneva_llm_cancelled_total"] == before + 1, now
+    assert httpx.get(api.url + "/health").json()["status"] == "ready"

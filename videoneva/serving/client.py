@@ -44,6 +44,10 @@ class ServerUnavailable(VideoNevaError):
     """The server could not be reached, or broke off, on every attempt."""
 
 
+class RequestCancelled(VideoNevaError):
+    """Raised by an on_delta callback to stop its request: the server cancels it (not retried)."""
+
+
 # gRPC status codes worth another attempt: the server is (re)starting, overloaded or went away.
 TRANSIENT = ("UNAVAILABLE", "CANCELLED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "UNKNOWN")
 
@@ -140,7 +144,8 @@ class Client:
                **kwargs) -> Answer:
         """Answer one question (kwargs: media_bytes, end_strings and the settings of `inputs`).
 
-        on_delta: called with each text piece as it streams (the request is sent with stream=true).
+        on_delta: called with each text piece as it streams (the request is sent with stream=true);
+            raising RequestCancelled there cancels the request on the server and is raised here.
         Raises RequestFailed (the server refused it) or ServerUnavailable (after the retries).
         """
         data = kwargs.get("media_bytes")
@@ -170,7 +175,7 @@ class Client:
         for attempt in range(self.retries + 1):
             try:
                 return self._once(tensors, on_delta, request_id)
-            except RequestFailed:
+            except (RequestFailed, RequestCancelled):
                 raise
             except Exception as exc:  # noqa: BLE001  transport trouble (no answer from the model): retry
                 last = exc
@@ -200,6 +205,9 @@ class Client:
             raise
         finally:
             st.end()
+        if "cancelled" in box:  # on_delta gave up: dropping the stream cancels the request on the server
+            self._drop_stream()
+            raise box["cancelled"]
         if "error" in box:  # the stream broke (transient), or the server refused the request
             self._drop_stream()
             err = box["error"]
@@ -271,4 +279,8 @@ class _Stream:
         elif on_delta is not None:
             text = result.as_numpy("text_output")
             if text is not None and text.size:
-                on_delta(text.reshape(-1)[0].decode("utf-8"))
+                try:
+                    on_delta(text.reshape(-1)[0].decode("utf-8"))
+                except RequestCancelled as exc:
+                    box["cancelled"] = exc
+                    done.set()

@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from videoneva.schema import RequestError
-from videoneva.serving.client import Client, RequestFailed, ServerUnavailable
+from videoneva.serving.client import Client, RequestCancelled, RequestFailed, ServerUnavailable
 from videoneva.serving.openai_media import MediaPolicy, TooLarge, resolve
 from videoneva.serving.openai_schema import (ChatRequest, chunk, completion, completion_id, error_body, extension_of,
                                              logprobs_of, usage_of, wire_call)
@@ -193,16 +193,30 @@ def create_app(settings: OpenAISettings, client: Optional[Client] = None):
     async def stream(req: ChatRequest, text: str, kwargs: dict):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        future = run(client.answer, text, on_delta=lambda piece: loop.call_soon_threadsafe(queue.put_nowait, piece),
-                     **kwargs)
+        gone = threading.Event()  # the HTTP client went away: the next piece cancels the request
+
+        def on_delta(piece: str) -> None:
+            if gone.is_set():
+                raise RequestCancelled("the HTTP client disconnected")
+            loop.call_soon_threadsafe(queue.put_nowait, piece)
+
+        future = run(client.answer, text, on_delta=on_delta, **kwargs)
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved, even after a disconnect
         future.add_done_callback(lambda _f: queue.put_nowait(None))
         first = await queue.get()
         if first is None:
             future.result()  # a refused request raises here, before any event: an error with its status
-        return StreamingResponse(events(req, first, queue, future), media_type="text/event-stream",
+        return StreamingResponse(events(req, first, queue, future, gone), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 
-    async def events(req: ChatRequest, piece, queue: asyncio.Queue, future):
+    async def events(req: ChatRequest, piece, queue: asyncio.Queue, future, gone: threading.Event):
+        try:
+            async for event in _events(req, piece, queue, future):
+                yield event
+        finally:  # the answer ended, or the client disconnected mid-stream (then this stops generation)
+            gone.set()
+
+    async def _events(req: ChatRequest, piece, queue: asyncio.Queue, future):
         cid, created = completion_id(), int(time.time())
         usage = bool(req.stream_options and req.stream_options.include_usage)
         make = partial(chunk, cid, settings.model_id, created, with_usage=usage)
