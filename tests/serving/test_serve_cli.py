@@ -273,3 +273,32 @@ def test_a_stalled_start_is_named_before_the_timeout(tmp_path):
         from videoneva.serving.serve import ServeConfig
 
         load_config(ServeConfig, ["engine_dir=x", "stall_timeout=-1"])
+
+
+def _python_model(repo: Path, name: str, initialize: str) -> None:
+    model = repo / name
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text('backend: "python"\nmax_batch_size: 0\n'
+                                        'input [{ name: "x", data_type: TYPE_FP32, dims: [1] }]\n'
+                                        'output [{ name: "y", data_type: TYPE_FP32, dims: [1] }]\n'
+                                        'instance_group [{ kind: KIND_CPU, count: 1 }]\n')
+    (model / "1" / "model.py").write_text(f"import os, signal\n\n\nclass TritonPythonModel:\n"
+                                          f"    def initialize(self, args):\n        {initialize}\n")
+
+
+@pytest.mark.parametrize("initialize, error, said", [
+    ("os.kill(os.getppid(), signal.SIGABRT)", "ServerNotReady", "was killed by signal 6"),  # a crash: retried
+    ("raise ValueError('no weights here')", "ServeError", "exited with status 1"),          # a failed load: not
+])
+def test_a_server_that_crashes_while_starting_is_worth_a_restart_and_a_failed_load_is_not(tmp_path, initialize,
+                                                                                          error, said):
+    from videoneva.serving import server as srv_mod
+
+    _python_model(tmp_path / "repo", "doomed", initialize)
+    srv = srv_mod.TritonServer(tmp_path / "repo", grpc_port=0, http_port=0, metrics_port=0)
+    try:
+        with pytest.raises(srv_mod.ServeError) as exc:
+            srv.start(timeout=600)
+    finally:
+        srv.stop()
+    assert type(exc.value).__name__ == error and said in str(exc.value), str(exc.value)

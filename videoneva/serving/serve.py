@@ -88,7 +88,8 @@ class ServeConfig:
                                  "stalled and is retried (0: only startup_timeout)",
                                  default=60.0)
     startup_retries: int = _help("restarts when the server is not ready in time (a python-backend model "
-                                 "load can stall under heavy CPU load); 0 disables", default=1)
+                                 "load can stall under heavy CPU load) or is killed by a signal while "
+                                 "starting; 0 disables", default=1)
     log_verbose: int = _help("tritonserver --log-verbose level", default=0)
     model_load_threads: int = _help("tritonserver --model-load-thread-count: models loaded at once (loading the "
                                     "python models in parallel stalled some starts on CPU)", default=1)

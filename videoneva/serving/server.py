@@ -45,7 +45,7 @@ class ServeError(VideoNevaError):
 
 
 class ServerNotReady(ServeError):
-    """The server is running but did not become ready in time (e.g. a model load stalled)."""
+    """The server did not become ready in time (e.g. a model load stalled) or crashed while starting."""
 
 
 def _pytriton_dir() -> Optional[Path]:
@@ -230,8 +230,12 @@ class TritonServer:
         window: collections.deque = collections.deque()  # (time, cpu seconds, log size) in the last stall_timeout s
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise ServeError(f"tritonserver exited with status {self.proc.returncode} while starting; "
-                                 f"last lines of {self.log_file}:\n{self.log_tail()}")
+                code = self.proc.returncode
+                # killed by a signal (a crash, e.g. an uncaught boost::interprocess::lock_exception under
+                # load): worth another start; an exit status (a model that fails to load) is not
+                raise (ServerNotReady if code < 0 else ServeError)(
+                    f"tritonserver {'was killed by signal ' + str(-code) if code < 0 else 'exited with status ' + str(code)}"
+                    f" while starting; last lines of {self.log_file}:\n{self.log_tail()}")
             if self.is_ready():
                 return
             time.sleep(0.25)
