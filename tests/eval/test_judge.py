@@ -346,9 +346,16 @@ def test_bad_files_name_the_line(bench, fake, which, rows, expected):
     assert fake.requests == []   # checked before any request
 
 
-def test_video_media_type_needs_the_video_field(bench):
+def test_a_line_names_its_media_with_the_media_type_field_or_the_other_one(bench, fake):
+    """--media-type video reads an image line's `image` (a set may mix both); a line with neither is refused."""
+    from videoneva.eval.judge_io import read_contexts, read_questions
+
+    assert [q.media for q in read_questions(bench["q"], "video")] == [q["image"] for q in QUESTIONS]
+    assert read_contexts(bench["c"], "video") == read_contexts(bench["c"], "image")
+    _edit(bench, "q", [{k: v for k, v in q.items() if k != "image"} for q in QUESTIONS])
     with pytest.raises(JudgeInputError, match=r"questions\.jsonl:1: missing field 'video' \(--media-type video\)"):
         judge.main(bench["argv"]("--media-type", "video"))
+    assert fake.requests == []
 
 
 # ----------------------------------------------------------------------------- pure functions

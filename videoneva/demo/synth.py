@@ -5,6 +5,8 @@ Layout under out=DIR (every path in the files is relative to DIR, which is the m
   train.json, heldout.json          LLaVA conversation json; human turn "<video>\\nQUESTION"
   heldout_prompts.jsonl             the seed's prompt_file format, one question per line
   heldout_refs.jsonl                {"question_id", "answer", "type"} beside it
+  heldout_context.jsonl             the judge's context: {"video"|"image": media, "caption": description}
+  judge_rules.json                  the judge's instructions for the demo's question categories
   scenes.jsonl                      every scene's full spec (shapes, paths, sizes) and its split
   manifest.json                     generator version, seed, config, counts
 The same seed and config give byte-identical json files and identical frames (the encoded video
@@ -27,7 +29,7 @@ import numpy as np
 import videoneva.media  # noqa: F401  (loads PyAV before decord: see videoneva/media/__init__.py)
 from videoneva.config import config_help, load_config
 from videoneva.demo import vocab as V
-from videoneva.demo.questions import QA, pick_questions
+from videoneva.demo.questions import QA, describe, pick_questions
 from videoneva.demo.scenes import SceneOptions, SceneSpec, render_frames, sample_scene
 from videoneva.errors import ConfigError
 
@@ -174,6 +176,23 @@ def prompt_lines(scenes: Iterable[Scene]) -> tuple[list[dict], list[dict]]:
     return prompts, refs
 
 
+def judge_files(scenes: Iterable[Scene]) -> tuple[list[dict], dict]:
+    """`videoneva judge` inputs for the held-out prompts: each medium's description as its context,
+    and the packaged rules under the demo's categories (describe: the detailed-description rule)."""
+    from videoneva.eval.judge_io import CATEGORY_PREFIX, DEFAULT_RULE_FILE
+
+    def caption(spec: SceneSpec) -> str:  # a still image has shapes and colours, no motion
+        if spec.kind == "video":
+            return describe(spec)
+        return " and ".join(f"a {s.color} {s.shape}" for s in spec.shapes) + "."
+
+    context = [{sc.spec.kind: sc.media_path, "caption": caption(sc.spec)} for sc in scenes]
+    packaged = json.loads(DEFAULT_RULE_FILE.read_text())
+    rules = {CATEGORY_PREFIX + t: packaged[CATEGORY_PREFIX + ("detail" if t == "describe" else "conv")]
+             for t in V.QUESTION_TYPES}
+    return context, rules
+
+
 def write_media(spec: SceneSpec, path: Path, fps: int) -> None:
     """Render the scene and write it: PNG for an image, H.264 .mp4 or VP9 .webm for a video."""
     from PIL import Image
@@ -225,7 +244,8 @@ def manifest(cfg: SynthConfig, scenes: list[Scene]) -> dict:
         "answers": sorted({q.answer for s in scenes for q in s.questions if q.type != "describe"}),
         "encoder": {"pyav": av.__version__},
         "files": {"train": "train.json", "heldout": "heldout.json", "prompt_file": "heldout_prompts.jsonl",
-                  "refs": "heldout_refs.jsonl", "scenes": "scenes.jsonl", "media": MEDIA_DIR + "/"},
+                  "refs": "heldout_refs.jsonl", "judge_context": "heldout_context.jsonl",
+                  "judge_rules": "judge_rules.json", "scenes": "scenes.jsonl", "media": MEDIA_DIR + "/"},
     }
 
 
@@ -257,6 +277,9 @@ def generate(cfg: SynthConfig, progress: bool = True) -> dict:
     prompts, refs = prompt_lines(held)
     _dump_lines(out / "heldout_prompts.jsonl", prompts)
     _dump_lines(out / "heldout_refs.jsonl", refs)
+    context, rules = judge_files(held)
+    _dump_lines(out / "heldout_context.jsonl", context)
+    _dump(out / "judge_rules.json", rules)
     _dump_lines(out / "scenes.jsonl", [{"split": "heldout" if s.heldout else "train", "media": s.media_path,
                                         **s.spec.to_dict()} for s in scenes])
     info = manifest(cfg, scenes)

@@ -92,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--question-file", required=True,
                     help='questions, one JSON per line: {"question_id", "text", "category", "image"|"video"}')
     io.add_argument("--responses-list", nargs=2, required=True, metavar=("RESPONSES1", "RESPONSES2"),
-                    help='the two models\' answers, one JSON per line, either {"question_id", "text", '
-                         '"answer_id", ...} (llava-bench answers) or {"response_id", "response"}; joined by id')
+                    help='the two models\' answers, one JSON per line: {"question_id", "text", '
+                         '"answer_id", ...} (llava-bench answers), {"response_id", "response"}, or '
+                         '`videoneva infer` output ({"question_id", "pred_answer", ...}); joined by id')
     io.add_argument("--answers-dir", default="answers",
                     help="where the normalised answers are saved (<responses-name>_answer.jsonl)")
     io.add_argument("--context-file", required=True,

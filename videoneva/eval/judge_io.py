@@ -109,6 +109,16 @@ def _need_str(rec: dict, key: str, where: str, allow_empty: bool = False) -> str
     return val
 
 
+def media_field(rec: dict, media_type: str, where: str) -> str:
+    """The field naming a line's media: media_type's, else the other one (a set that mixes videos and
+    images, as Video NeVA's do)."""
+    for name in (media_type, *(t for t in MEDIA_TYPES if t != media_type)):
+        if name in rec:
+            return name
+    raise JudgeInputError(f"{where}: missing field {media_type!r} (--media-type {media_type}); "
+                          f"fields present: {sorted(rec)}")
+
+
 def read_questions(path: str | Path, media_type: str) -> list[Question]:
     """The question file: {"question_id", "text", "category", <media_type>: "001.jpg", ...} per line.
 
@@ -129,10 +139,7 @@ def read_questions(path: str | Path, media_type: str) -> list[Question]:
         seen[key] = line_no
         text = _need_str(rec, "text", where)
         category = _need_str(rec, "category", where)
-        if media_type not in rec:
-            raise JudgeInputError(f"{where}: missing field {media_type!r} (--media-type {media_type}); "
-                                  f"fields present: {sorted(rec)}")
-        media = _need_str(rec, media_type, where)
+        media = _need_str(rec, media_field(rec, media_type, where), where)
         rule_key = category if category.startswith(CATEGORY_PREFIX) else CATEGORY_PREFIX + category
         out.append(Question(line_no, rec["question_id"], key, text, rule_key, media))
     if not out:
@@ -158,8 +165,9 @@ def read_answers(path: str | Path, model_name: str, questions: list[Question], w
     """One response file normalised, in the order of `wanted`.
 
     Accepts both seed formats per line: {"question_id", "prompt", "answer_id", "model_id", "metadata",
-    "text"} (llava-bench answers) and {"response_id", "response"}. Answers are joined to questions
-    by id, not by position.
+    "text"} (llava-bench answers) and {"response_id", "response"}, and `videoneva infer`'s output
+    lines ({"question_id", "pred_answer", …}, where "text" is the question). Answers are joined to
+    questions by id, not by position.
 
     Args:
         path: the response file.
@@ -175,6 +183,8 @@ def read_answers(path: str | Path, model_name: str, questions: list[Question], w
         where = f"{p}:{line_no}"
         if "response_id" in rec:
             id_field, text_field = "response_id", "response"
+        elif "question_id" in rec and "pred_answer" in rec:  # videoneva infer's output
+            id_field, text_field = "question_id", "pred_answer"
         elif "question_id" in rec:
             id_field, text_field = "question_id", "text"
         else:
@@ -246,7 +256,7 @@ def read_contexts(path: str | Path, media_type: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for line_no, rec in read_jsonl(p):
         where = f"{p}:{line_no}"
-        media = _need_str(rec, media_type, where)
+        media = _need_str(rec, media_field(rec, media_type, where), where)
         cap = rec.get("caption")
         if isinstance(cap, list) and all(isinstance(c, str) for c in cap):
             cap = "\n".join(cap)
