@@ -4,22 +4,23 @@ Fenced blocks whose info string is `bash run` or `python run` are extracted and 
 order, with the README's placeholders filled in: CKPT (the embedded demo checkpoint), VIDEOS (a
 folder of generated videos), Q.jsonl (a prompt file about them), clip.mp4 (one of them). A
 `videoneva serve` line starts the server in the background (on free loopback ports that replace
-8001/8000/8002 in every later command) and it is stopped at the end; `videoneva judge` talks to a
-judge served on loopback. A README edit that breaks a marked command fails here.
+8001/8000/8002/9000 in every later command) and it is stopped at the end; `videoneva judge` talks
+to a stand-in judge served on loopback (the one remote service). A README edit that breaks a
+marked command fails here.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from cli_run import Judge, start_serve
 
 pytest.importorskip("tritonclient.grpc", reason="the serve extra (tritonclient, nvidia-pytriton) is not installed")
 
@@ -69,14 +70,22 @@ def fill(text: str, place: dict, ports: dict) -> str:
     return text
 
 
-def test_every_marked_readme_command_runs(place, capfd):
+@pytest.fixture(scope="module")
+def judge_url():
+    with Judge() as judge:
+        yield judge.url
+
+
+def test_every_marked_readme_command_runs(place, judge_url, capfd):
     from videoneva.serving.server import free_port
 
     blocks = readme_blocks()
     assert any(kind == "bash" for kind, _ in blocks) and any(kind == "python" for kind, _ in blocks)
-    ports = {8001: free_port(), 8000: free_port(), 8002: free_port()}
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    ports = {8001: free_port(), 8000: free_port(), 8002: free_port(), 9000: free_port()}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "NVIDIA_API_KEY": "nvapi-readme-test"}
     server = None
+    ran = []
     try:
         for kind, text in blocks:
             if kind == "python":
@@ -87,24 +96,16 @@ def test_every_marked_readme_command_runs(place, capfd):
                 continue
             for line in shell_lines(text):
                 cmd = fill(line, place, ports)
+                ran.append(cmd.split()[:2])
                 if cmd.startswith("videoneva serve"):
-                    args = shlex.split(cmd) + [f"grpc_port={ports[8001]}", f"http_port={ports[8000]}",
-                                               f"metrics_port={ports[8002]}", "startup_retries=2"]
-                    server = subprocess.Popen(args, cwd=place["work"], env=env, stdout=subprocess.PIPE,
-                                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
-                    lines, deadline = [], time.monotonic() + 900
-                    while time.monotonic() < deadline:
-                        out = server.stdout.readline()
-                        if not out:
-                            break
-                        lines.append(out)
-                        if "videoneva serve: ready" in out:
-                            break
-                    assert lines and "ready" in lines[-1], "".join(lines[-40:])
+                    server = start_serve(cmd, ports, place["work"], env)
                     continue
+                if cmd.startswith("videoneva judge"):
+                    cmd += f" --api-base {judge_url}"
                 done = subprocess.run(cmd, shell=True, cwd=place["work"], env=env, capture_output=True, text=True,
                                       timeout=900)
                 assert done.returncode == 0, f"README command failed: {cmd}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+        assert {tuple(c) for c in ran} >= {("videoneva", k) for k in ("build", "serve", "infer", "bench", "judge")}
     finally:
         if server is not None:
             os.killpg(server.pid, signal.SIGTERM)
