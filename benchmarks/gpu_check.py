@@ -8,6 +8,8 @@ On the shipped demo model and fresh demo-data questions (greedy answers):
   numerics_cuda       vision features and LLM logits of one video, CUDA fp32 / bf16 vs CPU fp32
   engine_cuda         `videoneva build` (ONNX vision + torch LLM), then `infer engine_dir=… device=cuda`
   train_step_cuda     the training loss of one batch on CUDA vs CPU, then optimizer steps on CUDA
+  train_smoke_cuda    `videoneva train` (Lightning Fabric, bf16-mixed, activation checkpointing) for a
+                      few steps on one GPU: finite, falling losses and the peak memory (videoneva.train.gpu_smoke)
   tensorrt / tensorrt_llm / dali   where those libraries import: the engine directory with the TensorRT
                       vision plan / the TensorRT-LLM engine, and DALI's NVDEC decode vs decord, each timed
                       side by side with the portable path
@@ -155,29 +157,33 @@ def engine(c: Check, key: str, *build: str, precision: str = "32", minimum: floa
 
 def train_step(c: Check) -> dict:
     from videoneva.config import load_config
-    from videoneva.train import loop as L
+    from videoneva.media.sources import MediaRoot
+    from videoneva.model.vision import VisionFeatures
+    from videoneva.train.build import build_model, prepare, train_media_settings
+    from videoneva.train.config import TrainConfig
+    from videoneva.train.data import ConversationDataset, collate, load_conversations
+    from videoneva.train.step import forward_loss
 
-    cfg = load_config(L.TrainConfig, [f"config={ROOT / 'videoneva' / 'demo' / 'train_demo.yaml'}",
+    cfg = load_config(TrainConfig, [f"config={ROOT / 'videoneva' / 'demo' / 'train_demo.yaml'}",
                                       f"init={DEMO_MODEL}", f"data.data_path={c.work / 'data' / 'heldout.json'}",
                                       f"data.video_folder={c.work / 'data'}", "data.eval_data_path=null",
                                       "vision_pretrain.scenes=null", f"output_dir={c.work / 'train'}"])
-    records = L.load_conversations(cfg.data.data_path)
-    model, tok, settings = L._build(cfg, records)
-    model, base = L._prepare(model, cfg)
-    vision = L.VisionFeatures(base, settings.frame_token_pool)
-    media = L.train_media_settings(settings, base)
-    ds = L.ConversationDataset(records, tok, settings.conv_template, media, L.MediaRoot(c.work / "data"), vision.tokens,
-                               True)
-    batch = L.collate([ds[i] for i in range(min(8, len(ds)))], tok.pad_token_id, cfg.data.isolate_turns)
-    cpu_loss = float(L.forward_loss(base, vision, batch))
+    records = load_conversations(cfg.data.data_path)
+    model, tok, settings = build_model(cfg, records)
+    model, base = prepare(model, cfg)
+    vision = VisionFeatures(base, settings.frame_token_pool)
+    media = train_media_settings(settings, base)
+    ds = ConversationDataset(records, tok, settings.conv_template, media, MediaRoot(c.work / "data"), vision.tokens, True)
+    batch = collate([ds[i] for i in range(min(8, len(ds)))], tok.pad_token_id, cfg.data.isolate_turns)
+    cpu_loss = float(forward_loss(base, vision, batch))
     base.to(DEVICE)
     on_gpu = {k: (v.to(DEVICE) if torch.is_tensor(v) else v) for k, v in batch.items()}
-    cuda_loss = float(L.forward_loss(base, vision, on_gpu))
+    cuda_loss = float(forward_loss(base, vision, on_gpu))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     losses, t0 = [], time.perf_counter()
     for _ in range(3):
         opt.zero_grad(set_to_none=True)
-        loss = L.forward_loss(base, vision, on_gpu)
+        loss = forward_loss(base, vision, on_gpu)
         loss.backward()
         opt.step()
         losses.append(float(loss))
@@ -203,6 +209,13 @@ def dali_decode(c: Check) -> dict:
         frames[decoder] = torch.as_tensor(sample.pixel_values)
     diff = (frames["dali"] - frames["decord"]).abs().mean().item()
     return {**out, "mean_abs_pixel_diff": diff, "ok": diff < 0.05}
+
+
+def train_smoke(c: Check) -> dict:
+    from videoneva.train.smoke import gpu_smoke, train_smoke as smoke
+
+    r = gpu_smoke(str(c.work / "smoke")) if DEVICE == "cuda" else smoke("cpu", str(c.work / "smoke"))
+    return {**r, "ok": r["finite"] and r["loss_went_down"]}
 
 
 def gpu_tests(c: Check) -> dict:
@@ -253,6 +266,7 @@ def main(argv: list[str]) -> int:
         c.run("numerics_cuda", lambda: numerics(c), no_cuda)
         c.run("engine_cuda", lambda: engine(c, "engine_cuda"), no_cuda)
         c.run("train_step_cuda", lambda: train_step(c), no_cuda)
+        c.run("train_smoke_cuda", lambda: train_smoke(c), no_cuda)
         c.run("tensorrt", lambda: engine(c, "tensorrt", "vision.backend=tensorrt"), module_reason("tensorrt"))
         trtllm = module_reason("tensorrt_llm")
         c.run("tensorrt_llm", lambda: engine(c, "tensorrt_llm", "vision.backend=tensorrt", "llm.backend=tensorrt_llm",

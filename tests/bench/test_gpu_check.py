@@ -23,7 +23,7 @@ def test_gpu_check_runs_every_section_it_can(tmp_path):
     assert gc.main(["--n", "2", "--device", "cpu", "--skip-tests", "--out", str(tmp_path)]) == 0
     checks = json.loads((tmp_path / "gpu_check.json").read_text())["checks"]
     for name in ("data", "reference_cpu_fp32", "checkpoint_cuda_fp32", "checkpoint_cuda_bf16", "numerics_cuda",
-                 "engine_cuda", "train_step_cuda"):
+                 "engine_cuda", "train_step_cuda", "train_smoke_cuda"):
         assert checks[name]["status"] == "ok", (name, checks[name])
     assert checks["checkpoint_cuda_fp32"]["agreement"] == 1.0  # the same device and dtype: identical answers
     assert checks["gpu_tests"]["status"] == "skipped" and "gpu_check.md" in {p.name for p in tmp_path.iterdir()}
