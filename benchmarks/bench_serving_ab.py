@@ -11,7 +11,7 @@ answer in 60 s counts as an error.
   python benchmarks/bench_serving_ab.py --base 7070604               # streamed
   python benchmarks/bench_serving_ab.py --base 7070604 --unstreamed  # one response per answer
 
-Writes results/serving_ab_streamed.{json,md} or results/serving_ab_unstreamed.{json,md}.
+Writes results/serving_ab_streamed.{json,md} or results/serving_ab_unstreamed.{json,md} (or --name).
 """
 from __future__ import annotations
 
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=8, help="output tokens per answer (fixed: ignore_eos)")
     ap.add_argument("--server-threads", type=int, default=1, help="torch threads per model instance")
     ap.add_argument("--unstreamed", action="store_true", help="one response per answer instead of streamed text")
+    ap.add_argument("--name", default=None, help="results file stem (default: serving_ab_streamed / _unstreamed)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(HERE))
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                            "cache_bytes": 0, "llm_backend": "onnx", "media": "4 H.264 clips, 10 s 640x360 30 fps, as bytes"},
               "machine": {**machine, "load_average_end": machine_info()["load_average"]},
               "same_outputs_B_vs_A": same_outputs(records["B"], records["A"]), "summary": summary, "runs": rows}
-    name = "serving_ab_unstreamed" if args.unstreamed else "serving_ab_streamed"
+    name = args.name or ("serving_ab_unstreamed" if args.unstreamed else "serving_ab_streamed")
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(report, args.out / f"{name}.json")
     md = [f"# Serving A/B: {sha[:7]} (A) vs {head_sha[:7] if head_sha else 'this checkout'} (B), demo model, "

@@ -57,7 +57,9 @@ class ServeConfig:
     preprocess_instances: int = _help("instances of the preprocess model (media decode runs in parallel)", default=2)
     vision_instances: int = _help("instances of the vision encoder", default=1)
     vision_max_batch_frames: int = _help("frames per vision encoder batch (at least data.num_frames)", default=32)
-    vision_queue_delay_us: int = _help("dynamic batching: how long the vision encoder waits to fill a batch", default=2000)
+    vision_queue_delay_us: int = _help("dynamic batching: how long the vision encoder waits to fill a batch (0: "
+                                       "not at all; requests that arrive while it is busy are batched anyway)",
+                                       default=0)
     llm_instances: int = _help("instances of the llm model (each loads the LLM weights and batches its own "
                                "requests; one instance batches best)", default=1)
     llm_max_batch_size: int = _help("most sequences the llm decodes at once (in-flight batching; the rest queue)",
