@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 def build(ckpt: Path, tmp: Path, name: str, onnx: bool) -> Path:
     import json
 
-    out = tmp / f"engine_batching_{name}"
+    out = tmp / f"engine_batching_{name}{'_onnx' if onnx and name != 'demo' else ''}"
     context = json.loads((ckpt / "config.json").read_text())["text_config"]["max_position_embeddings"]
     args = [f"checkpoint={ckpt}", f"output={out}", f"max_input_len={min(context - 256, 1536)}", "max_output_len=256",
             "overwrite=true"] + (["llm.backend=onnx"] if onnx else [])
@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=2, help="frames per video (realistic)")
     ap.add_argument("--server-threads", type=int, default=None, help="threads of the llm (default: 1 demo, 2 realistic)")
     ap.add_argument("--cache-bytes", type=int, default=256 * 2**20, help="the server's feature cache (0: off)")
+    ap.add_argument("--llm-backend", choices=("onnx", "torch"), default=None,
+                    help="the CPU LLM (default: onnx for the demo model, torch for the realistic shape)")
+    ap.add_argument("--name", default=None, help="results file stem (default: batching_<model>[_nocache])")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(HERE))
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.server_threads or (1 if args.model == "demo" else 2)
     machine = machine_info()
     ckpt = model_checkpoint(args.model, args.frames)
-    engine = build(ckpt, TMP, args.model, onnx=args.model == "demo")
+    engine = build(ckpt, TMP, args.model, onnx=(args.llm_backend or ("onnx" if args.model == "demo" else "torch")) == "onnx")
     prompts = prompt_file(TMP / "serve_media", 4, 10, 640, 360)
     jobs = load_jobs(prompts)
     rows, records, profile = [], {}, {}
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
               "rows": rows, "summary": summary, "same_outputs_triton_vs_baseline": same, "executor_profile": profile,
               "targets": targets}
     args.out.mkdir(parents=True, exist_ok=True)
-    name = f"batching_{args.model}" + ("_nocache" if args.cache_bytes == 0 else "")
+    name = args.name or (f"batching_{args.model}" + ("_nocache" if args.cache_bytes == 0 else ""))
     write_json(report, args.out / f"{name}.json")
     md = [f"# In-flight batching: baseline vs `videoneva serve`, {args.model} model", "", f"`{report['command']}`", "",
           f"{report['created']}; {machine.get('cpu', '')} load average {machine['load_average']} at the start, "
