@@ -52,5 +52,5 @@ def test_the_examples_run_as_written(tmp_path):
             if server is not None:
                 os.killpg(server.pid, signal.SIGTERM)
                 server.wait(60)
-    assert (tmp_path / "engine").is_dir() and (tmp_path / "run" / "final").is_dir()
+    assert (tmp_path / "engine").is_dir() and (tmp_path / "run" / "final").is_dir() and (tmp_path / "answers").is_dir()
     assert (tmp_path / "reviews.jsonl").read_text().count("\n") == (tmp_path / "answers.jsonl").read_text().count("\n")

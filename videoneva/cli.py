@@ -37,7 +37,8 @@ EXAMPLES: dict[str, str] = {
              f"output_dir={EX}/run train.max_steps=2",
     "judge": f"videoneva judge --model-name-list a b --media-type video --question-file {EX}/data/heldout_prompts.jsonl "
              f"--responses-list {EX}/answers.jsonl {EX}/answers.jsonl --context-file {EX}/data/heldout_context.jsonl "
-             f"--rule-file {EX}/data/judge_rules.json --output {EX}/reviews.jsonl --api-key-env NVIDIA_API_KEY",
+             f"--rule-file {EX}/data/judge_rules.json --answers-dir {EX}/answers --output {EX}/reviews.jsonl "
+             "--api-key-env NVIDIA_API_KEY",
     "serve": f"videoneva serve engine_dir={EX}/engine media_root={EX}/data",
     "bench": f"videoneva bench server_url=127.0.0.1:8001 prompt_file={EX}/data/heldout_prompts.jsonl concurrency=1 "
              f"num_requests=4 output_dir={EX}/bench",
