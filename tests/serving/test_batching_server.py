@@ -145,3 +145,24 @@ def test_cancelled_requests_leave_the_batch_and_the_others_finish(server, client
     assert now["videoneva_llm_active_sequences"] == 0 and now["videoneva_llm_kv_tokens_used"] == 0
     assert now["videoneva_llm_kv_tokens_free"] > 0
     assert client.answer("Still fine?", max_tokens=4, greedy=True).token_ids
+
+
+def test_a_refused_llm_request_ends_its_stream_with_the_error_output(server, client):
+    """A request the llm refuses gets one final response whose `error` output names the problem (a
+    Triton error response would never reach a BLS caller); the server answers the next request."""
+    import queue
+
+    import tritonclient.grpc as grpcclient
+
+    got: queue.Queue = queue.Queue()
+    raw = grpcclient.InferenceServerClient(server.grpc_url)
+    raw.start_stream(callback=lambda result, error: got.put((result, error)))
+    ids = grpcclient.InferInput("input_ids", [3], "INT32")
+    ids.set_data_from_numpy(np.array([1, 2, 3], np.int32))
+    raw.async_stream_infer("llm", [ids], enable_empty_final_response=True)
+    result, error = got.get(timeout=120)
+    raw.stop_stream()
+    raw.close()
+    assert error is None
+    assert "input_ids and sampling are required" in result.as_numpy("error").reshape(-1)[0].decode()
+    assert client.answer("Still fine?", max_tokens=4, greedy=True).token_ids
