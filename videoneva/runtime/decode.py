@@ -5,10 +5,10 @@ processors in the order its generate() applies them, its random generator, its s
 and log-probs so far. The CPU LLM backends (torch_backend.py, onnx_backend.py) run the network; the
 in-flight batcher (batching.py) steps many Sequences at once over one KVBatch.
 
-KVBatch keeps every active sequence's cache in one tensor per layer, rows aligned on the right:
-each decode step appends one column for all rows; a row whose history is shorter than the others'
-has invalid columns on its left, masked out of attention. Rows join (padded on the left to the
-common length) and leave (removed, and columns no remaining row uses are dropped) between steps.
+KVBatch keeps every active sequence's cache in preallocated buffers, one key and one value buffer
+per layer, rows aligned on the right: each decode step writes one column for all rows in place; a
+row whose history is shorter than the others' has invalid columns on its left, masked out of
+attention. Rows join (copied in, right-aligned) and leave between steps.
 """
 from __future__ import annotations
 
@@ -99,26 +99,35 @@ class Sequence:
 
 
 class KVBatch:
-    """The caches of several sequences in one tensor per entry of `tensors`, rows right-aligned.
+    """The caches of several sequences: per layer, a key and a value buffer [rows, kv_heads, columns, head_dim].
+
+    Rows are right-aligned on column `length`: a decode step writes one column for every row in
+    place (no copy of the cache), and a row whose history is shorter than the others' has invalid
+    columns on its left, masked out of attention. The buffers hold spare rows and columns, so a
+    step only writes into them; they are reallocated (one copy) when the batch outgrows them, with
+    head room in proportion to the length. Rows join (their history copied in, right-aligned)
+    and leave (the later rows move up) between steps; columns no row uses any more are dropped.
 
     Args:
-        tensors: key and value tensors, each with a batch axis and a sequence axis.
-        batch_axis, seq_axis: those axes (the same for every tensor).
-        valid: bool [B, T]: which columns hold a row's own positions.
-        positions: long [B]: each row's next position id.
+        keys, values: per layer, tensors [rows, kv_heads, length, head_dim] (copied into buffers).
+        valid: bool [rows, length]: which columns hold a row's own positions.
+        positions: long [rows]: each row's next position id.
     """
 
-    def __init__(self, tensors: list[torch.Tensor], batch_axis: int, seq_axis: int, valid: torch.Tensor,
+    MIN_SPARE_COLUMNS = 32
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], valid: torch.Tensor,
                  positions: torch.Tensor):
-        self.tensors, self.batch_axis, self.seq_axis = tensors, batch_axis, seq_axis
         self.valid, self.positions = valid, positions
-        self.backend_state = None  # a backend's own view of the tensors (torch: its cache object)
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self._allocate(keys, values, self.rows, self.length, 0)
 
     @classmethod
-    def single(cls, tensors: list[torch.Tensor], batch_axis: int, seq_axis: int) -> "KVBatch":
-        length = tensors[0].shape[seq_axis]
-        return cls(tensors, batch_axis, seq_axis, torch.ones(1, length, dtype=torch.bool),
-                   torch.tensor([length], dtype=torch.long))
+    def single(cls, keys: list[torch.Tensor], values: list[torch.Tensor]) -> "KVBatch":
+        """One row from a prompt's cache (per layer [1, kv_heads, L, head_dim])."""
+        length = keys[0].shape[2]
+        return cls(keys, values, torch.ones(1, length, dtype=torch.bool), torch.tensor([length], dtype=torch.long))
 
     @property
     def rows(self) -> int:
@@ -128,40 +137,97 @@ class KVBatch:
     def length(self) -> int:
         return self.valid.shape[1]
 
-    def _pad_left(self, n: int) -> None:
-        if n <= 0:
-            return
-        def pad(t: torch.Tensor) -> torch.Tensor:
-            shape = list(t.shape)
-            shape[self.seq_axis] = n
-            return torch.cat([t.new_zeros(shape), t], dim=self.seq_axis)
-        self.tensors = [pad(t) for t in self.tensors]
-        self.valid = torch.cat([self.valid.new_zeros(self.rows, n), self.valid], dim=1)
+    @property
+    def capacity(self) -> int:
+        """Columns the buffers hold (the length and the spare ones)."""
+        return self.keys[0].shape[2]
+
+    def _spare(self, columns: int) -> int:
+        return max(self.MIN_SPARE_COLUMNS, columns // 8)
+
+    def _allocate(self, keys: list[torch.Tensor], values: list[torch.Tensor], rows: int, length: int,
+                  shift: int) -> None:
+        """New buffers for `rows` rows and `length` + spare columns; the first keys[i].shape[0] rows get
+        the given tensors' columns [0, n) at [shift, shift + n)."""
+        columns = length + self._spare(length)
+        new_k, new_v = [], []
+        for k, v in zip(keys, values):
+            n = min(k.shape[0], rows)
+            bk = k.new_zeros(max(rows, 1), k.shape[1], columns, k.shape[3])
+            bv = v.new_zeros(max(rows, 1), v.shape[1], columns, v.shape[3])
+            width = min(k.shape[2], length - shift)
+            bk[:n, :, shift:shift + width] = k[:n, :, :width]
+            bv[:n, :, shift:shift + width] = v[:n, :, :width]
+            new_k.append(bk)
+            new_v.append(bv)
+        self.keys, self.values = new_k, new_v
+
+    def _used(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return ([k[: self.rows, :, : self.length] for k in self.keys],
+                [v[: self.rows, :, : self.length] for v in self.values])
 
     def join(self, other: "KVBatch") -> None:
-        """Add other's rows (both padded on the left to the longer length)."""
-        self._pad_left(other.length - self.length)
-        other._pad_left(self.length - other.length)
-        self.tensors = [torch.cat([a, b], dim=self.batch_axis) for a, b in zip(self.tensors, other.tensors)]
-        self.valid = torch.cat([self.valid, other.valid])
+        """Add other's rows, right-aligned on the common length."""
+        rows, grow = self.rows + other.rows, max(other.length - self.length, 0)
+        if grow or rows > self.keys[0].shape[0]:
+            keys, values = self._used()
+            self._allocate(keys, values, max(rows, 2 * self.keys[0].shape[0]) if rows > self.keys[0].shape[0]
+                           else self.keys[0].shape[0], self.length + grow, grow)
+            self.valid = torch.cat([self.valid.new_zeros(self.rows, grow), self.valid], dim=1)
+        start = self.length - other.length
+        for dst, src in ((self.keys, other.keys), (self.values, other.values)):
+            for d, s in zip(dst, src):
+                d[self.rows:rows, :, start:self.length] = s[: other.rows, :, : other.length]
+        other_valid = torch.cat([other.valid.new_zeros(other.rows, start), other.valid], dim=1)
+        self.valid = torch.cat([self.valid, other_valid])
         self.positions = torch.cat([self.positions, other.positions])
 
     def keep(self, rows: list[int]) -> None:
-        """Keep only these rows, and drop the leading columns none of them uses."""
+        """Keep only these rows (ascending), and drop the leading columns none of them uses."""
+        for i, r in enumerate(rows):  # r >= i: a row only moves up, onto one already moved or gone
+            if r != i:
+                for buf in (*self.keys, *self.values):
+                    buf[i, :, : self.length] = buf[r, :, : self.length]
         index = torch.tensor(rows, dtype=torch.long)
         self.valid, self.positions = self.valid[index], self.positions[index]
         used = self.valid.any(0).nonzero()
         start = int(used[0]) if len(used) else self.length
-        self.tensors = [t.index_select(self.batch_axis, index).narrow(self.seq_axis, start, self.length - start)
-                        for t in self.tensors]
-        self.valid = self.valid[:, start:]
+        if start:
+            n = self.length - start
+            for buf in (*self.keys, *self.values):
+                buf[: len(rows), :, :n] = buf[: len(rows), :, start:self.length].clone()
+            self.valid = self.valid[:, start:]
 
-    def appended(self, tensors: list[torch.Tensor]) -> None:
-        """The tensors after a step that appended one column to every row."""
-        self.tensors = tensors
+    def reserve(self) -> int:
+        """Make room for one more column (reallocating when the buffers are full); returns its index."""
+        if self.length >= self.capacity:
+            keys, values = self._used()
+            self._allocate(keys, values, self.keys[0].shape[0], self.length + 1, 0)
+        return self.length
+
+    def past(self, columns: Optional[int] = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per layer, views [rows, kv_heads, columns, head_dim] of the buffers (default: every column,
+        a contiguous block; the mask of step_mask(columns) covers what is not the rows' own)."""
+        columns = self.capacity if columns is None else columns
+        return ([k[: self.rows, :, :columns] for k in self.keys], [v[: self.rows, :, :columns] for v in self.values])
+
+    def write(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+        """Store one step's new column (per layer [rows, kv_heads, 1, head_dim]) and advance."""
+        col = self.reserve()
+        for dst, src in ((self.keys, keys), (self.values, values)):
+            for d, s in zip(dst, src):
+                d[: self.rows, :, col:col + 1] = s
+        self.advance()
+
+    def advance(self) -> None:
+        """Count the column a step wrote in place (at reserve()'s index) as every row's own."""
         self.valid = torch.cat([self.valid, self.valid.new_ones(self.rows, 1)], dim=1)
         self.positions = self.positions + 1
 
-    def step_mask(self) -> torch.Tensor:
-        """bool [B, T + 1]: the columns each row's next position may attend to (its own and itself)."""
-        return torch.cat([self.valid, self.valid.new_ones(self.rows, 1)], dim=1)
+    def step_mask(self, columns: Optional[int] = None) -> torch.Tensor:
+        """bool [B, columns + 1]: the cache columns each row's next position may attend to, then itself."""
+        columns = self.capacity if columns is None else columns
+        mask = self.valid.new_zeros(self.rows, columns + 1)
+        mask[:, : self.length] = self.valid
+        mask[:, columns] = True
+        return mask

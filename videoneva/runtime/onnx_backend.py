@@ -15,13 +15,25 @@ from videoneva.runtime.torch_backend import DecodeLoopLanguageModel
 # engine_dir/llm/onnx/: one graph for the prefill and every decode step (engine_build/llm_onnx.py)
 LLM_ONNX = "llm.onnx"
 LLM_EMBEDDINGS = "embed_tokens.safetensors"
-# [B, S, D], [layers, B, kv_heads, P, head_dim] ×2, int64 [B, P + S] (1: a row's own column), int64 [B, S]
-LLM_INPUTS = ("inputs_embeds", "past_keys", "past_values", "attention_mask", "position_ids")
-LLM_OUTPUTS = ("logits", "present_keys", "present_values")    # [B, vocab] at the last position, [.., P + S, ..] ×2
+# [B, S, D], int64 [B, P + S] (1: a row's own column), int64 [B, S]; then per layer past_key.i, past_value.i
+LLM_INPUTS = ("inputs_embeds", "attention_mask", "position_ids")
+# [B, vocab] at the last position; then per layer new_key.i, new_value.i [B, kv_heads, S, head_dim]
+LLM_OUTPUTS = ("logits",)
+
+
+def llm_input_names(layers: int) -> list[str]:
+    """The graph's inputs: LLM_INPUTS, then each layer's cache [B, kv_heads, P, head_dim]."""
+    return [*LLM_INPUTS, *(f"past_{kind}.{i}" for i in range(layers) for kind in ("key", "value"))]
+
+
+def llm_output_names(layers: int) -> list[str]:
+    """The graph's outputs: the logits, then each layer's keys and values of the new positions."""
+    return [*LLM_OUTPUTS, *(f"new_{kind}.{i}" for i in range(layers) for kind in ("key", "value"))]
 
 
 class OnnxLanguageModel(DecodeLoopLanguageModel):
-    """The decode loop on ONNX Runtime: the KV cache goes in and comes out of one graph as tensors.
+    """The decode loop on ONNX Runtime: each layer's cache goes into one graph, the new positions' keys
+    and values come out, and the KVBatch stores them in its buffers.
 
     The prefill is that graph with an empty cache (P = 0); each further token runs it with S = 1,
     for one row or for every row of an in-flight batch (rows of different lengths: the attention
@@ -56,28 +68,33 @@ class OnnxLanguageModel(DecodeLoopLanguageModel):
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         self.session = ort.InferenceSession(str(d / LLM_ONNX), opts, providers=providers)
-        names = tuple(i.name for i in self.session.get_inputs())
-        if names != LLM_INPUTS:
-            raise CheckpointError(f"{d / LLM_ONNX}: inputs {list(names)}, expected {list(LLM_INPUTS)}; rebuild the "
-                                  "engine directory with this videoneva (`videoneva build … llm.backend=onnx`)")
-        layers, _, kv_heads, _, head_dim = self.session.get_inputs()[1].shape
-        self._empty = np.zeros((layers, 1, kv_heads, 0, head_dim), np.float32)
+        names = [i.name for i in self.session.get_inputs()]
+        layers = int(text_config.num_hidden_layers)
+        if names != llm_input_names(layers):
+            raise CheckpointError(f"{d / LLM_ONNX}: inputs {names[:5]}… ({len(names)}), expected "
+                                  f"{llm_input_names(layers)[:5]}… ({3 + 2 * layers}); rebuild the engine directory "
+                                  "with this videoneva (`videoneva build … llm.backend=onnx`)")
+        self._inputs, self._outputs = names, llm_output_names(layers)
+        _, kv_heads, _, head_dim = self.session.get_inputs()[3].shape
+        self._empty = [np.zeros((1, kv_heads, 0, head_dim), np.float32)] * (2 * layers)
         weight = load_file(str(d / LLM_EMBEDDINGS))["weight"]
         super().__init__(torch.nn.Embedding.from_pretrained(weight), text_config, tokenizer, media_token_id,
                          fake_id_base)
 
-    def _run(self, embeds: torch.Tensor, keys: np.ndarray, values: np.ndarray, mask: np.ndarray, positions: np.ndarray):
+    def _run(self, embeds: torch.Tensor, mask: np.ndarray, positions: np.ndarray, cache: list[np.ndarray]):
         x = np.ascontiguousarray(embeds.numpy(), dtype=np.float32)
-        logits, keys, values = self.session.run(LLM_OUTPUTS, dict(zip(LLM_INPUTS, (x, keys, values, mask, positions))))
-        return torch.from_numpy(logits), [torch.from_numpy(keys), torch.from_numpy(values)]
+        out = self.session.run(self._outputs, dict(zip(self._inputs, (x, mask, positions, *cache))))
+        return torch.from_numpy(out[0]), [torch.from_numpy(t) for t in out[1::2]], [torch.from_numpy(t) for t in out[2::2]]
 
     def _prefill(self, embeds):
         n = embeds.shape[1]
-        logits, kv = self._run(embeds, self._empty, self._empty, np.ones((1, n), np.int64), np.arange(n)[None])
-        return logits, KVBatch.single(kv, 1, 3)
+        logits, keys, values = self._run(embeds, np.ones((1, n), np.int64), np.arange(n)[None], self._empty)
+        return logits, KVBatch.single(keys, values)
 
     def _step(self, embeds, batch: KVBatch):
-        logits, kv = self._run(embeds, batch.tensors[0].numpy(), batch.tensors[1].numpy(),
-                               batch.step_mask().numpy().astype(np.int64), batch.positions[:, None].numpy())
-        batch.appended(kv)
+        keys, values = batch.past()  # whole buffers (contiguous: no copy into the session); spare columns masked
+        cache = [t.numpy() for kv in zip(keys, values) for t in kv]
+        logits, new_keys, new_values = self._run(embeds, batch.step_mask().numpy().astype(np.int64),
+                                                 batch.positions[:, None].numpy(), cache)
+        batch.write(new_keys, new_values)
         return logits

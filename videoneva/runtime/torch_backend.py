@@ -6,7 +6,8 @@ from typing import Optional
 
 import numpy as np
 import torch
-from transformers import DynamicCache, LlavaForConditionalGeneration, PreTrainedTokenizerBase
+from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
+from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.generation import (
     LogitsProcessorList,
     MinNewTokensLengthLogitsProcessor,
@@ -168,36 +169,21 @@ class TorchLanguageModel(DecodeLoopLanguageModel):
     def _prefill(self, embeds):
         out = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
         layers = out.cache.layers
-        return out.logits[:, -1], KVBatch.single([x.keys for x in layers] + [x.values for x in layers], 0, 2)
-
-    @staticmethod
-    def _cache_of(batch: KVBatch) -> DynamicCache:
-        """The batch's tensors as the model's cache, without copying them (built again only after rows
-        joined or left; after a step the cache already holds the batch's new tensors)."""
-        n = len(batch.tensors) // 2
-        cache = getattr(batch, "backend_state", None)
-        if cache is not None and all(cache.layers[i].keys is batch.tensors[i] and cache.layers[i].values is
-                                     batch.tensors[n + i] for i in range(n)):
-            return cache
-        cache = DynamicCache()
-        for i in range(n):  # an empty update sets a layer up; then it takes the tensors as they are
-            k, v = batch.tensors[i], batch.tensors[n + i]
-            cache.update(k[..., :0, :], v[..., :0, :], i)
-            cache.layers[i].keys, cache.layers[i].values = k, v
-        batch.backend_state = cache
-        return cache
+        return out.logits[:, -1], KVBatch.single([x.keys for x in layers], [x.values for x in layers])
 
     def _step(self, embeds, batch: KVBatch):
-        cache = self._cache_of(batch)
+        col = batch.reserve()
+        cache = Cache(layers=[_BatchLayer(batch, i, col) for i in range(len(batch.keys))])
         if batch.rows == 1 and bool(batch.valid.all()):  # one sequence without holes: the plain causal step
-            out = self.model(inputs_embeds=embeds, cache=cache, use_cache=True)
+            out = self.model(inputs_embeds=embeds, cache=cache, use_cache=True,
+                             position_ids=batch.positions[:, None].to(embeds.device))
         else:  # rows of different lengths: their holes masked, each at its own position
-            mask = torch.zeros(batch.step_mask().shape, dtype=embeds.dtype, device=embeds.device)
-            mask.masked_fill_(~batch.step_mask().to(embeds.device), torch.finfo(embeds.dtype).min)
+            allowed = batch.step_mask(col).to(embeds.device)
+            mask = torch.zeros(allowed.shape, dtype=embeds.dtype, device=embeds.device)
+            mask.masked_fill_(~allowed, torch.finfo(embeds.dtype).min)
             out = self.model(inputs_embeds=embeds, cache=cache, attention_mask=mask[:, None, None, :],
                              position_ids=batch.positions[:, None].to(embeds.device), use_cache=True)
-        layers = out.cache.layers
-        batch.appended([x.keys for x in layers] + [x.values for x in layers])
+        batch.advance()
         return out.logits[:, -1]
 
     @torch.inference_mode()
@@ -205,3 +191,35 @@ class TorchLanguageModel(DecodeLoopLanguageModel):
         """Next-token logits at every position [L, vocab] (parity checks, scoring)."""
         embeds, _ = self.embed(input_ids, prompt_table)
         return self.model(inputs_embeds=embeds).logits[0]
+
+
+class _BatchLayer(CacheLayerMixin):
+    """One layer of a KVBatch as a transformers cache layer for one decode step: the step's key and
+    value go into the batch's buffers at column `col` in place, and attention reads views of the
+    buffers up to it (no copy of the cache, where a DynamicCache concatenates it at every step)."""
+
+    is_sliding = False
+
+    def __init__(self, batch: KVBatch, index: int, col: int):
+        super().__init__()
+        self.batch, self.index, self.col = batch, index, col
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states, value_states) -> None:
+        pass
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        rows, end = self.batch.rows, self.col + key_states.shape[2]
+        keys, values = self.batch.keys[self.index], self.batch.values[self.index]
+        keys[:rows, :, self.col:end] = key_states
+        values[:rows, :, self.col:end] = value_states
+        return keys[:rows, :, :end], values[:rows, :, :end]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.col + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.col
+
+    def get_max_length(self) -> int:
+        return -1
