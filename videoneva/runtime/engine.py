@@ -162,9 +162,10 @@ def _cpu_llm(eng: EngineDir, backend: str, tokenizer, precision: str, device: st
     d = eng.path
     if backend == "torch":
         from videoneva.runtime.loader import pick_device
-        from videoneva.runtime.torch_backend import TorchLanguageModel
+        from videoneva.runtime.torch_backend import TorchLanguageModel, transpose_linears
 
         model = load_engine_llm(d, eng.manifest, precision).to(pick_device(device))
+        transpose_linears(model)  # CPU float32 only: batched decode steps read the weights faster
         return TorchLanguageModel(model, tokenizer, eng.image_token_id, fake_id_base=eng.vocab_size)
     import torch
     from transformers import AutoConfig
