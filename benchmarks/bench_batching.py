@@ -10,11 +10,13 @@ step time against batch size).
   python benchmarks/bench_batching.py --model realistic --tokens 64,256 --concurrency 1,4,8,16
 
 The server runs with its default feature cache (the prompts ask 4 questions about each of 4 clips,
-so a clip is decoded once); --cache-bytes 0 turns it off and every request decodes its clip.
+so a clip is decoded once) and its default prompt-prefix cache (a later question about a clip
+prefills only what follows the clip's rows); --cache-bytes 0 turns both off (every request decodes
+its clip and prefills its whole prompt), --prefix-cache-bytes 0 the prefix cache alone.
 
 Targets (ratios in one run): demo model, 64 tokens: the server at concurrency 8 ≥ 3× its own
 concurrency 1; realistic shape, 256 tokens: the server at concurrency 8 ≥ 3× the baseline.
-Writes results/batching_<model>[_nocache].{json,md}.
+Writes results/batching_<model>[_nocache|_noprefix].{json,md}.
 """
 from __future__ import annotations
 
@@ -90,9 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=2, help="frames per video (realistic)")
     ap.add_argument("--server-threads", type=int, default=None, help="threads of the llm (default: 1 demo, 2 realistic)")
     ap.add_argument("--cache-bytes", type=int, default=256 * 2**20, help="the server's feature cache (0: off)")
+    ap.add_argument("--prefix-cache-bytes", type=int, default=None,
+                    help="the llm's prompt-prefix KV cache (default: the server's; 0: off)")
     ap.add_argument("--llm-backend", choices=("onnx", "torch"), default=None,
                     help="the CPU LLM (default: onnx for the demo model, torch for the realistic shape)")
-    ap.add_argument("--name", default=None, help="results file stem (default: batching_<model>[_nocache])")
+    ap.add_argument("--name", default=None, help="results file stem (default: batching_<model>[_nocache|_noprefix])")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(HERE))
@@ -134,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
 
     scfg = load_config(ServeConfig, [f"engine_dir={engine}", "grpc_port=0", "http_port=0", "metrics_port=0",
                                      f"cache_bytes={args.cache_bytes}", f"threads={threads}",
+                                     *([f"prefix_cache_bytes={args.prefix_cache_bytes}"]
+                                       if args.prefix_cache_bytes is not None else []),
                                      f"llm_max_batch_size={max(levels)}",
                                      f"max_tokens_limit={max(lengths)}", f"inference.tokens_to_generate={max(lengths)}",
                                      "startup_timeout=900"])
@@ -180,12 +186,16 @@ def main(argv: list[str] | None = None) -> int:
               "rows": rows, "summary": summary, "same_outputs_triton_vs_baseline": same, "executor_profile": profile,
               "targets": targets}
     args.out.mkdir(parents=True, exist_ok=True)
-    name = args.name or (f"batching_{args.model}" + ("_nocache" if args.cache_bytes == 0 else ""))
+    prefix = 0 if args.cache_bytes == 0 else scfg.prefix_cache_bytes  # the prefix key is the feature cache's hash
+    report["settings"]["prefix_cache_bytes"] = prefix
+    name = args.name or (f"batching_{args.model}" + ("_nocache" if args.cache_bytes == 0 else
+                                                     "_noprefix" if prefix == 0 else ""))
     write_json(report, args.out / f"{name}.json")
     md = [f"# In-flight batching: baseline vs `videoneva serve`, {args.model} model", "", f"`{report['command']}`", "",
           f"{report['created']}; {machine.get('cpu', '')} load average {machine['load_average']} at the start, "
           f"{report['machine']['load_average_end']} at the end; llm threads {threads}; feature cache "
-          f"{'off' if args.cache_bytes == 0 else f'{args.cache_bytes} bytes'}.", "",
+          f"{'off' if args.cache_bytes == 0 else f'{args.cache_bytes} bytes'}; prompt-prefix cache "
+          f"{'off' if prefix == 0 else f'{prefix} bytes'}.", "",
           "| answer tokens | target | concurrency | requests/s | output tokens/s | TTFT p50 (s) | ITL p50 (ms) | × own c=1 | × baseline |",
           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

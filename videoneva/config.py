@@ -183,6 +183,9 @@ class InferConfig:
     llm_max_batch_size: int = _help("in-process, concurrency > 1: most sequences the LLM decodes at once", default=16)
     max_kv_tokens: Optional[int] = _help("in-process CPU LLMs, concurrency > 1: most KV-cache positions of the batch "
                                          "(null: llm_max_batch_size × the model's context)", default=None)
+    prefix_cache_bytes: int = _help("in-process CPU LLMs, concurrency > 1: bytes of prompt-prefix KV caches kept (up "
+                                    "to and including the media rows), reused by later lines about the same media; "
+                                    "needs cache_bytes > 0 (0: off)", default=2**30)
     stream: bool = _help("with server_url: stream tokens (answers printed as they arrive when concurrency=1)", default=False)
     request_timeout: float = _help("with server_url: seconds one attempt of a request may take", default=300.0)
     retries: int = _help("with server_url: further attempts after a transient failure (backoff doubles from 0.5 s)", default=3)
@@ -200,6 +203,8 @@ class InferConfig:
         _positive("llm_max_batch_size", self.llm_max_batch_size)
         if self.max_kv_tokens is not None:
             _positive("max_kv_tokens", self.max_kv_tokens)
+        if self.prefix_cache_bytes < 0:
+            raise ConfigError(f"prefix_cache_bytes must be >= 0, got {self.prefix_cache_bytes!r}")
         _choice("device", self.device, ("auto", "cpu", "cuda"))
         _choice("server_media", self.server_media, ("bytes", "path"))
         if self.retries < 0 or self.request_timeout <= 0:

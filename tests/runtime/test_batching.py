@@ -132,3 +132,27 @@ def test_the_kv_budget_queues_and_refuses(llm):
     finally:
         ex.close()
     assert all(o.token_ids for o in outs) and max(ex.stats.batch_sizes) == 1
+
+
+def test_a_reused_media_prefix_gives_what_a_whole_prefill_gives(llm):
+    """Questions about the same media prefill only what follows it; other media with the same fake ids never
+    share its cache."""
+    g = torch.Generator().manual_seed(7)
+    tok = llm.tokenizer
+    head = tok.encode("User:", add_special_tokens=False)
+    media = [llm.vocab_size + k for k in range(6)]
+    tables = {key: torch.randn(6, llm.hidden_size, generator=g) for key in ("video-a", "video-b")}
+    questions = [tok.encode(q, add_special_tokens=False) for q in ("What color?", "How many shapes are there?", "Why")]
+    s = SamplingSettings(max_tokens=6, greedy=True, repetition_penalty=1.2, end_strings=[], return_log_probs=True)
+    order = [("video-a", 0), ("video-a", 1), ("video-b", 1), ("video-a", 2), ("video-b", 0)]
+    ex = BatchingLanguageModel(llm, max_batch_size=4, prefix_cache_bytes=1 << 24)
+    try:
+        got = [ex.submit(head + media + questions[q], tables[key], s, media_key=key).result(120) for key, q in order]
+    finally:
+        ex.close()
+    for (key, q), out in zip(order, got):
+        alone = llm.generate(head + media + questions[q], tables[key], s)
+        assert out.token_ids == alone.token_ids, (key, q)
+        torch.testing.assert_close(torch.tensor(out.logprobs), torch.tensor(alone.logprobs), rtol=1e-4, atol=1e-4)
+    assert ex.stats.prefix_hits == 3  # the second and third question about a, the second about b
+    assert got[1].token_ids != got[2].token_ids or got[1].logprobs != got[2].logprobs  # b is not a's cache

@@ -48,7 +48,8 @@ def _alone(pipe, text, media, s):
 def test_concurrent_requests_share_steps_and_answer_as_each_alone(server, client, local_pipeline, media_dir):
     """Eight requests arrive while a long one is generating: they join its batch (the llm's metrics
     count steps with several sequences), their streamed pieces interleave with the long one's, and
-    every answer is the one it gets alone. A try where the long answer ended before the others
+    every answer is the one it gets alone, those that reused the cached prefix of a media another
+    request brought too. A try where the long answer ended before the others
     started proves nothing and is tried again (up to 3 times)."""
     cases = _cases(media_dir)
     want = [_alone(local_pipeline, *c) for c in cases]
@@ -94,6 +95,8 @@ def test_concurrent_requests_share_steps_and_answer_as_each_alone(server, client
     steps = after["videoneva_llm_steps_total"] - before.get("videoneva_llm_steps_total", 0)
     seqs = after["videoneva_llm_step_sequences_total"] - before.get("videoneva_llm_step_sequences_total", 0)
     assert seqs > steps > 0, "some decode steps carried more than one sequence"
+    hits = after["videoneva_llm_prefix_hits_total"] - before.get("videoneva_llm_prefix_hits_total", 0)
+    assert hits > 0, "questions about the same media reused its prefix (and still answered as alone)"
 
 
 def _drop_after_first_piece(server, text: str) -> None:

@@ -9,10 +9,16 @@ alone (up to the float rounding of a batched matmul).
 
 Limits: `max_batch_size` active sequences, and `max_kv_tokens` positions of the padded batch
 cache (rows × longest row, counted to where every row would end), the CPU's KV budget.
+
+Prefix reuse: with `prefix_cache_bytes` > 0, the cache of a prompt's prefix up to and including its
+media rows is kept (an LRU bounded in bytes), keyed by the media's content hash and the prefix's
+ids, so a later question about the same media prefills only what follows the media. Two media
+never share an entry because their fake ids coincide: the content hash is part of the key.
 """
 from __future__ import annotations
 
 import collections
+import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +28,7 @@ import torch
 
 from videoneva.errors import PromptError, VideoNevaError
 from videoneva.runtime.base import GenerationOutput, TokenCallback
+from videoneva.runtime.cache import FeatureCache
 from videoneva.runtime.decode import KVBatch, Sequence
 from videoneva.schema import SamplingSettings
 
@@ -36,8 +43,8 @@ class Handle:
     on_done, when given, is called in the executor's thread with (result, error) once it ends.
     """
 
-    def __init__(self, seq: Sequence, on_done=None):
-        self.seq, self.on_done = seq, on_done
+    def __init__(self, seq: Sequence, on_done=None, prefix: Optional[tuple[str, int]] = None):
+        self.seq, self.on_done, self.prefix = seq, on_done, prefix  # prefix: (cache key, length) to reuse
         self._done = threading.Event()
         self._result: Optional[GenerationOutput] = None
         self._error: Optional[BaseException] = None
@@ -72,6 +79,7 @@ class BatchStats:
     steps: int = 0
     step_sequences: int = 0                # sum of batch sizes over steps (tokens decoded in steps)
     prefills: int = 0
+    prefix_hits: int = 0                   # prefills that reused a cached prefix
     finished: int = 0
     cancelled: int = 0
     batch_sizes: collections.Counter = field(default_factory=collections.Counter)   # batch size → steps
@@ -85,10 +93,12 @@ class BatchingLanguageModel:
         lm: a DecodeLoopLanguageModel (torch or ONNX Runtime LLM).
         max_batch_size: most sequences decoded at once (the rest wait in the queue).
         max_kv_tokens: most positions of the padded batch cache; None: no limit.
+        prefix_cache_bytes: bytes of prompt-prefix caches kept for reuse (0: none).
     """
 
-    def __init__(self, lm, max_batch_size: int = 16, max_kv_tokens: Optional[int] = None):
+    def __init__(self, lm, max_batch_size: int = 16, max_kv_tokens: Optional[int] = None, prefix_cache_bytes: int = 0):
         self.lm, self.max_batch_size, self.max_kv_tokens = lm, max_batch_size, max_kv_tokens
+        self.prefixes = FeatureCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.tokenizer = lm.tokenizer
         self.vocab_size, self.hidden_size, self.max_context = lm.vocab_size, lm.hidden_size, lm.max_context
         self.image_token_id = lm.image_token_id
@@ -108,22 +118,23 @@ class BatchingLanguageModel:
         """Queue one request; errors in its ids or table raise here, in the caller's thread.
 
         on_token gets each id as it is chosen, on_done (result, error) at the end, both in the
-        executor's thread. media_key (the media's content hash) is not used on CPU.
+        executor's thread. media_key (the media's content hash) keys the reuse of the prompt's
+        prefix up to its media rows.
         """
-        return self.submit_many([(input_ids, prompt_table, sampling, on_token, on_done)])[0]
+        return self.submit_many([(input_ids, prompt_table, sampling, on_token, on_done, media_key)])[0]
 
     @torch.inference_mode()
     def submit_many(self, requests: list[tuple]) -> list[Handle]:
-        """Queue several requests at once (input_ids, prompt_table, sampling[, on_token[, on_done]]):
+        """Queue several requests at once (input_ids, prompt_table, sampling[, on_token[, on_done[, media_key]]]):
         none is admitted before all are queued, so they start in the same step where the limits allow."""
         handles = []
-        for input_ids, prompt_table, sampling, *callbacks in requests:
-            on_token, on_done = (list(callbacks) + [None, None])[:2]
+        for input_ids, prompt_table, sampling, *rest in requests:
+            on_token, on_done, media_key = (list(rest) + [None, None, None])[:3]
             seq = self.lm.sequence(input_ids, prompt_table, sampling, on_token)
             if self.max_kv_tokens is not None and seq.prompt_len + sampling.max_tokens > self.max_kv_tokens:
                 raise PromptError(f"the prompt ({seq.prompt_len} positions) and max_tokens={sampling.max_tokens} exceed "
                                   f"the LLM's KV budget of {self.max_kv_tokens} positions (max_kv_tokens)")
-            handles.append(Handle(seq, on_done))
+            handles.append(Handle(seq, on_done, self._prefix_of(input_ids, media_key)))
         with self._cond:
             for handle in handles:
                 if handle.seq.done:  # max_tokens=0: nothing to generate
@@ -133,10 +144,22 @@ class BatchingLanguageModel:
             self._cond.notify()
         return handles
 
+    def _prefix_of(self, input_ids: list[int], media_key: Optional[str]) -> Optional[tuple[str, int]]:
+        """(cache key, length) of the prompt's prefix up to and including its last media row (at least
+        one position is left to prefill, for the logits); None when there is nothing to reuse."""
+        if self.prefixes is None or media_key is None:
+            return None
+        last = max((i for i, t in enumerate(input_ids) if t >= self.lm.vocab_size), default=-1)
+        n = min(last + 1, len(input_ids) - 1)
+        if last < 0 or n <= 0:
+            return None
+        digest = hashlib.sha256(torch.tensor(input_ids[:n], dtype=torch.int64).numpy().tobytes()).hexdigest()
+        return f"{media_key}:{digest}", n
+
     def generate(self, input_ids: list[int], prompt_table, sampling: SamplingSettings,
-                 on_token: Optional[TokenCallback] = None) -> GenerationOutput:
+                 on_token: Optional[TokenCallback] = None, media_key: Optional[str] = None) -> GenerationOutput:
         t0 = time.perf_counter()
-        out = self.submit(input_ids, prompt_table, sampling, on_token).result()
+        out = self.submit(input_ids, prompt_table, sampling, on_token, media_key=media_key).result()
         out.timings["generate_s"] = time.perf_counter() - t0
         return out
 
@@ -165,7 +188,8 @@ class BatchingLanguageModel:
         budget = self.max_kv_tokens if self.max_kv_tokens is not None else self.max_batch_size * self.max_context
         s = self.stats
         return {"active_sequences": self.active, "queued_requests": self.queued, "steps": s.steps,
-                "step_sequences": s.step_sequences, "prefills": s.prefills, "cancelled": s.cancelled,
+                "step_sequences": s.step_sequences, "prefills": s.prefills, "prefix_hits": s.prefix_hits,
+                "cancelled": s.cancelled,
                 "kv_tokens_used": self.kv_tokens, "kv_tokens_free": max(budget - self.kv_tokens, 0)}
 
     # -- the executor thread ----------------------------------------------------------------------
@@ -212,7 +236,7 @@ class BatchingLanguageModel:
                 handle = self._queue.popleft()
             seq = handle.seq
             try:
-                logits, single = self.lm._prefill(seq.embeds)
+                logits, single = self._prefill(handle)
                 self.stats.prefills += 1
                 seq.choose(logits)
             except Exception as exc:  # noqa: BLE001  this request fails; the batch goes on
@@ -226,6 +250,24 @@ class BatchingLanguageModel:
             else:
                 self._batch.join(single)
             self._active.append(handle)
+
+    def _prefill(self, handle: Handle):
+        """(next-token logits, the prompt's one-row KVBatch): with a cached prefix, only the rest of the
+        prompt runs; without, a prefix worth keeping runs first and is stored."""
+        embeds = handle.seq.embeds
+        if handle.prefix is None:
+            return self.lm._prefill(embeds)
+        key, n = handle.prefix
+        hit = self.prefixes.get(key)
+        if hit is None:
+            _, single = self.lm._prefill(embeds[:, :n])
+            keys, values = single.prefix(n)
+            self.prefixes.put(key, torch.stack([keys, values]))
+        else:
+            self.stats.prefix_hits += 1
+            kv = hit[0]
+            single = KVBatch.single(list(kv[0, :, None]), list(kv[1, :, None]))
+        return self.lm._step(embeds[:, n:], single), single
 
     def _step(self) -> None:
         """One decode step for every active sequence; finished and cancelled ones leave the batch."""

@@ -198,11 +198,11 @@ class KVBatch:
                 buf[: len(rows), :, :n] = buf[: len(rows), :, start:self.length].clone()
             self.valid = self.valid[:, start:]
 
-    def reserve(self) -> int:
-        """Make room for one more column (reallocating when the buffers are full); returns its index."""
-        if self.length >= self.capacity:
+    def reserve(self, n: int = 1) -> int:
+        """Make room for n more columns (reallocating when the buffers are full); returns the first's index."""
+        if self.length + n > self.capacity:
             keys, values = self._used()
-            self._allocate(keys, values, self.keys[0].shape[0], self.length + 1, 0)
+            self._allocate(keys, values, self.keys[0].shape[0], self.length + n, 0)
         return self.length
 
     def past(self, columns: Optional[int] = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -212,22 +212,34 @@ class KVBatch:
         return ([k[: self.rows, :, :columns] for k in self.keys], [v[: self.rows, :, :columns] for v in self.values])
 
     def write(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
-        """Store one step's new column (per layer [rows, kv_heads, 1, head_dim]) and advance."""
-        col = self.reserve()
+        """Store a step's new columns (per layer [rows, kv_heads, n, head_dim]) and advance."""
+        n = keys[0].shape[2]
+        col = self.reserve(n)
         for dst, src in ((self.keys, keys), (self.values, values)):
             for d, s in zip(dst, src):
-                d[: self.rows, :, col:col + 1] = s
-        self.advance()
+                d[: self.rows, :, col:col + n] = s
+        self.advance(n)
 
-    def advance(self) -> None:
-        """Count the column a step wrote in place (at reserve()'s index) as every row's own."""
-        self.valid = torch.cat([self.valid, self.valid.new_ones(self.rows, 1)], dim=1)
-        self.positions = self.positions + 1
+    def advance(self, n: int = 1) -> None:
+        """Count the n columns a step wrote in place (at reserve()'s index) as every row's own."""
+        self.valid = torch.cat([self.valid, self.valid.new_ones(self.rows, n)], dim=1)
+        self.positions = self.positions + n
 
-    def step_mask(self, columns: Optional[int] = None) -> torch.Tensor:
-        """bool [B, columns + 1]: the cache columns each row's next position may attend to, then itself."""
+    def new_positions(self, n: int = 1) -> torch.Tensor:
+        """long [B, n]: the position ids of each row's next n positions."""
+        return self.positions[:, None] + torch.arange(n)
+
+    def step_mask(self, columns: Optional[int] = None, n: int = 1) -> torch.Tensor:
+        """bool [B, columns + n]: the cache columns each row's next n positions may attend to, then
+        those positions (causal among themselves: the model's own mask)."""
         columns = self.capacity if columns is None else columns
-        mask = self.valid.new_zeros(self.rows, columns + 1)
+        mask = self.valid.new_zeros(self.rows, columns + n)
         mask[:, : self.length] = self.valid
-        mask[:, columns] = True
+        mask[:, columns:] = True
         return mask
+
+    def prefix(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One row's first n columns, copied out: keys and values stacked [layers, kv_heads, n, head_dim]."""
+        start = self.length - int(self.valid[0].sum())
+        return (torch.stack([k[0, :, start:start + n] for k in self.keys]),
+                torch.stack([v[0, :, start:start + n] for v in self.values]))

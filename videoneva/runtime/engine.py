@@ -113,18 +113,20 @@ class ExecutorOptions:
         max_kv_tokens: CPU LLMs: most KV-cache positions of the batch (None: max_batch_size × context).
         kv_cache_free_gpu_memory_fraction: TensorRT-LLM: share of the GPU memory left free after the
             engine (and the vision plan, loaded first) for its paged KV cache.
+        prefix_cache_bytes: CPU LLMs: bytes of prompt-prefix caches kept for reuse (0: off).
     """
 
     max_batch_size: int = 16
     max_kv_tokens: Optional[int] = None
     kv_cache_free_gpu_memory_fraction: Optional[float] = None
+    prefix_cache_bytes: int = 0
 
     @classmethod
     def from_params(cls, params: dict[str, str]) -> "ExecutorOptions":
         """From a Triton model's string parameters (empty: the default)."""
         kv, frac = params.get("max_kv_tokens") or "", params.get("kv_cache_free_gpu_memory_fraction") or ""
         return cls(int(params.get("llm_max_batch_size") or cls.max_batch_size), int(kv) if kv else None,
-                   float(frac) if frac else None)
+                   float(frac) if frac else None, int(params.get("prefix_cache_bytes") or 0))
 
 
 def load_llm(eng: EngineDir, backend: str, tokenizer, precision: str, executor: Optional[ExecutorOptions] = None,
@@ -142,7 +144,7 @@ def load_llm(eng: EngineDir, backend: str, tokenizer, precision: str, executor: 
             return llm
         from videoneva.runtime.batching import BatchingLanguageModel
 
-        return BatchingLanguageModel(llm, executor.max_batch_size, executor.max_kv_tokens)
+        return BatchingLanguageModel(llm, executor.max_batch_size, executor.max_kv_tokens, executor.prefix_cache_bytes)
     from videoneva.runtime.tensorrt_backend import BackendUnavailable
     from videoneva.runtime.trtllm_backend import TensorRTLLMLanguageModel, trtllm_unavailable_reason
 
@@ -227,7 +229,8 @@ def pipeline_from_engine_dir(engine_dir: str | Path, cfg: "InferConfig", cache_b
     tok = load_tokenizer(eng)
     # vision first: the TensorRT-LLM executor sizes its KV cache from the GPU memory left free
     vision = load_vision(eng, vision_backend)
-    executor = ExecutorOptions(cfg.llm_max_batch_size, cfg.max_kv_tokens) if cfg.concurrency > 1 else None
+    executor = (ExecutorOptions(cfg.llm_max_batch_size, cfg.max_kv_tokens, prefix_cache_bytes=cfg.prefix_cache_bytes)
+                if cfg.concurrency > 1 else None)
     llm = load_llm(eng, llm_backend, tok, cfg.trainer.precision, executor, cfg.device)
     log.info("engine %s: vision %s, llm %s", eng.path, vision_backend, llm_backend)
     return Pipeline(vision, llm, tok, settings, MediaRoot(media_root_of(cfg)), FeatureCache(cache_bytes))

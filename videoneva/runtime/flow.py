@@ -187,4 +187,6 @@ class LocalStages:
 
         prompt_table = None if table is None else torch.as_tensor(table)
         on_token = None if on_ids is None else (lambda tid: on_ids([tid]))
+        if media_key is not None and hasattr(self.llm, "submit"):  # an executor: it reuses the media's prefix
+            return self.llm.generate(ids, prompt_table, sampling, on_token=on_token, media_key=media_key)
         return self.llm.generate(ids, prompt_table, sampling, on_token=on_token)

@@ -42,7 +42,7 @@ def pipeline_from_checkpoint(ckpt: LoadedCheckpoint, cfg: InferConfig, cache_byt
     if cfg.concurrency > 1:  # lines answered at once are decoded together
         from videoneva.runtime.batching import BatchingLanguageModel
 
-        llm = BatchingLanguageModel(llm, cfg.llm_max_batch_size, cfg.max_kv_tokens)
+        llm = BatchingLanguageModel(llm, cfg.llm_max_batch_size, cfg.max_kv_tokens, cfg.prefix_cache_bytes)
     settings = PipelineSettings(
         template=cfg.data.conv_template or ckpt.settings.conv_template,
         media=MediaSettings.from_checkpoint(ckpt.settings, ckpt.image_size, cfg.data, cfg.inference.media_type),

@@ -92,9 +92,10 @@ class OnnxLanguageModel(DecodeLoopLanguageModel):
         return logits, KVBatch.single(keys, values)
 
     def _step(self, embeds, batch: KVBatch):
+        n = embeds.shape[1]
         keys, values = batch.past()  # whole buffers (contiguous: no copy into the session); spare columns masked
         cache = [t.numpy() for kv in zip(keys, values) for t in kv]
-        logits, new_keys, new_values = self._run(embeds, batch.step_mask().numpy().astype(np.int64),
-                                                 batch.positions[:, None].numpy(), cache)
+        logits, new_keys, new_values = self._run(embeds, batch.step_mask(n=n).numpy().astype(np.int64),
+                                                 batch.new_positions(n).numpy(), cache)
         batch.write(new_keys, new_values)
         return logits

@@ -77,7 +77,8 @@ class DecodeLoopLanguageModel:
         raise NotImplementedError
 
     def _step(self, embeds: torch.Tensor, batch: KVBatch) -> torch.Tensor:
-        """Next-token logits [B, vocab] after one more position per row (embeds [B, 1, D]); appends to batch."""
+        """Next-token logits [B, vocab] after more positions per row (embeds [B, S, D]); appends them to batch.
+        S = 1 for a decode step; S > 1 continues one row's prompt after a cached prefix."""
         raise NotImplementedError
 
     def embed(self, input_ids: list[int], prompt_table: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,18 +202,22 @@ class TorchLanguageModel(DecodeLoopLanguageModel):
         return out.logits[:, -1], KVBatch.single([x.keys for x in layers], [x.values for x in layers])
 
     def _step(self, embeds, batch: KVBatch):
-        col = batch.reserve()
+        n = embeds.shape[1]
+        col = batch.reserve(n)
         cache = Cache(layers=[_BatchLayer(batch, i, col) for i in range(len(batch.keys))])
+        positions = batch.new_positions(n).to(embeds.device)
         if batch.rows == 1 and bool(batch.valid.all()):  # one sequence without holes: the plain causal step
-            out = self.model(inputs_embeds=embeds, cache=cache, use_cache=True,
-                             position_ids=batch.positions[:, None].to(embeds.device))
-        else:  # rows of different lengths: their holes masked, each at its own position
+            out = self.model(inputs_embeds=embeds, cache=cache, use_cache=True, position_ids=positions,
+                             logits_to_keep=1)
+        else:  # rows of different lengths, one new position each: their holes masked, each at its own position
+            if n != 1:
+                raise ValueError("a batch of rows with holes steps one position at a time")
             allowed = batch.step_mask(col).to(embeds.device)
             mask = torch.zeros(allowed.shape, dtype=embeds.dtype, device=embeds.device)
             mask.masked_fill_(~allowed, torch.finfo(embeds.dtype).min)
             out = self.model(inputs_embeds=embeds, cache=cache, attention_mask=mask[:, None, None, :],
-                             position_ids=batch.positions[:, None].to(embeds.device), use_cache=True)
-        batch.advance()
+                             position_ids=positions, use_cache=True)
+        batch.advance(n)
         return out.logits[:, -1]
 
     @torch.inference_mode()

@@ -319,9 +319,9 @@ class TensorRTLLMLanguageModel:
         return pending
 
     def generate(self, input_ids: list[int], prompt_table: Optional[torch.Tensor], sampling: SamplingSettings,
-                 on_token: Optional[TokenCallback] = None) -> GenerationOutput:
+                 on_token: Optional[TokenCallback] = None, media_key: Optional[str] = None) -> GenerationOutput:
         t0 = time.perf_counter()
-        out = self.submit(input_ids, prompt_table, sampling, on_token).result()
+        out = self.submit(input_ids, prompt_table, sampling, on_token, media_key=media_key).result()
         out.timings["generate_s"] = time.perf_counter() - t0
         return out
 

@@ -66,6 +66,10 @@ class ServeConfig:
                                     default=16)
     max_kv_tokens: Optional[int] = _help("CPU LLMs: most KV-cache positions of the llm's batch (null: "
                                          "llm_max_batch_size × the model's context)", default=None)
+    prefix_cache_bytes: int = _help("CPU LLMs: bytes of prompt-prefix KV caches kept (up to and including the media "
+                                    "rows, keyed by the media's content hash and the prefix's ids), so a later question "
+                                    "about the same media prefills only what follows it; needs the feature cache "
+                                    "(cache_bytes > 0), which gives the content hash (0: off)", default=2**30)
     kv_cache_free_gpu_memory_fraction: float = _help(
         "TensorRT-LLM: share of the GPU memory left free by the engine (and the vision plan, loaded first) that "
         "its paged KV cache takes; the rest stays for DALI and other processes", default=0.8)
@@ -139,9 +143,10 @@ class ServeConfig:
         if not 0 < self.kv_cache_free_gpu_memory_fraction <= 1:
             raise ConfigError(f"kv_cache_free_gpu_memory_fraction must be in (0, 1], got "
                               f"{self.kv_cache_free_gpu_memory_fraction!r}")
-        if min(self.cache_bytes, self.threads, self.vision_threads, self.vision_queue_delay_us,
+        if min(self.cache_bytes, self.prefix_cache_bytes, self.threads, self.vision_threads, self.vision_queue_delay_us,
                self.stream_interval_ms) < 0:
-            raise ConfigError("cache_bytes, threads, vision_threads and vision_queue_delay_us must be >= 0")
+            raise ConfigError("cache_bytes, prefix_cache_bytes, threads, vision_threads, vision_queue_delay_us and "
+                              "stream_interval_ms must be >= 0")
         if not self.startup_timeout > 0 or self.stall_timeout < 0:
             raise ConfigError(f"startup_timeout must be > 0 and stall_timeout >= 0, got {self.startup_timeout!r} "
                               f"and {self.stall_timeout!r}")
@@ -198,6 +203,7 @@ def render(cfg: ServeConfig, out_dir: str | Path) -> Path:
                            "vision_queue_delay_us": cfg.vision_queue_delay_us},
         "llm": {**backend, "threads": cfg.threads, "precision": cfg.trainer.precision, "llm_instances": cfg.llm_instances,
                 "llm_max_batch_size": cfg.llm_max_batch_size, "max_kv_tokens": cfg.max_kv_tokens or "",
+                "prefix_cache_bytes": cfg.prefix_cache_bytes,
                 "stream_interval_ms": cfg.stream_interval_ms,
                 "kv_cache_free_gpu_memory_fraction": cfg.kv_cache_free_gpu_memory_fraction},
     }

@@ -7,7 +7,10 @@ at once and then the ids gathered over each `stream_interval_ms` (0: every id; a
 BLS costs far more than a decode step of a small model, so one per id would cap a busy server);
 without streaming, the ids gathered over PROGRESS_INTERVAL_S (the entry model checks for a
 cancelled client between them); then the final response with every id, the log-probs and the
-finish reason. A request carrying only `cancel_key` cancels the request sent with that `request_key`,
+finish reason. Responses are sent from a thread of their own, in the order the executor makes them,
+so the executor never waits on the sends between decode steps (as TensorRT-LLM's executor hands
+its responses to a response thread). A request carrying only `cancel_key` cancels the request sent
+with that `request_key`,
 which leaves the batch at the next step. An error (a cancelled request's too) is the final
 response's `error` output, not a Triton error response: a BLS caller never receives the latter
 from a decoupled model (docs/triton-python-backend.md).
@@ -15,6 +18,7 @@ from a decoupled model (docs/triton-python-backend.md).
 from __future__ import annotations
 
 import dataclasses
+import queue
 import threading
 import time
 
@@ -35,7 +39,7 @@ OUTPUTS = {"output_ids": ("TYPE_INT32", [-1]), "output_log_probs": ("TYPE_FP32",
 DECOUPLED = True
 PROGRESS_INTERVAL_S = 0.1
 METRICS = {"active_sequences": "GAUGE", "queued_requests": "GAUGE", "steps": "COUNTER", "step_sequences": "COUNTER",
-           "prefills": "COUNTER", "cancelled": "COUNTER", "kv_tokens_used": "GAUGE", "kv_tokens_free": "GAUGE"}
+           "prefills": "COUNTER", "prefix_hits": "COUNTER", "cancelled": "COUNTER", "kv_tokens_used": "GAUGE", "kv_tokens_free": "GAUGE"}
 
 
 def sampling_tensor(s: SamplingSettings) -> np.ndarray:
@@ -53,9 +57,22 @@ class LLMModel:
         self.llm, self.stream_interval_s = llm, stream_interval_s
         self._running: dict[str, object] = {}   # request_key → handle, for cancel_key
         self._lock = threading.Lock()
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()  # (send, payload, handle box), in order
+        threading.Thread(target=self._respond, name="videoneva-llm-responder", daemon=True).start()
+
+    def _respond(self) -> None:
+        """Send what the executor produced; a streamed piece that cannot be sent (the caller is
+        gone) cancels its request, which then leaves the batch."""
+        while True:
+            send, payload, box = self._outbox.get()
+            try:
+                send(payload)
+            except Exception:  # noqa: BLE001  one request's failed send never stops the others'
+                if box and box[0] is not None:
+                    box[0].cancel()
 
     def start(self, inputs: Tensors, call, finish) -> None:
-        """Queue the request; finish(outputs | exception) is called when it ends (from the executor)."""
+        """Queue the request; finish(outputs | exception) is called when it ends (from the response thread)."""
         import torch
 
         cancel = text_of(inputs.get("cancel_key"), "cancel_key")
@@ -78,12 +95,13 @@ class LLMModel:
         key = text_of(inputs.get("request_key"), "request_key")
         pending: list[int] = []
         last = [0.0 if streaming else time.monotonic()]  # a stream's first id goes out at once
+        box: list = [None]  # the handle, once submitted
 
         def on_token(tid: int) -> None:
             pending.append(tid)
             now = time.monotonic()
             if now - last[0] >= interval:
-                call.send({"output_ids": np.asarray(pending, np.int32)})
+                self._outbox.put((call.send, {"output_ids": np.asarray(pending, np.int32)}, box))
                 pending.clear()
                 last[0] = now
 
@@ -91,15 +109,15 @@ class LLMModel:
             if key is not None:
                 with self._lock:
                     self._running.pop(key, None)
-            if error is not None:
-                finish(error)
-                return
-            finish({"output_ids": np.asarray(out.token_ids, np.int32),
-                    "output_log_probs": np.asarray(out.logprobs or [], np.float32),
-                    "finish_reason": string_tensor(out.finish_reason)})
+            result = error if error is not None else {
+                "output_ids": np.asarray(out.token_ids, np.int32),
+                "output_log_probs": np.asarray(out.logprobs or [], np.float32),
+                "finish_reason": string_tensor(out.finish_reason)}
+            self._outbox.put((finish, result, None))
 
         handle = self.llm.submit(ids, table, sampling, on_token, on_done,
                                  media_key=text_of(inputs.get("media_key"), "media_key"))
+        box[0] = handle
         if key is not None:
             with self._lock:  # on_done pops under the same lock: a request already ended is not kept
                 if not handle.done:
