@@ -43,6 +43,7 @@ def test_yaml_defaults_then_overrides(tmp_path):
     ("inference.tokens_to_generate=many", ["inference.tokens_to_generate"]),
     ("quantization.algorithm=gptq", ["quantization.algorithm", "'awq'"]),
     ("justaword", ["key=value"]),
+    ("prefix_cache_bytes=-1", ["prefix_cache_bytes", ">= 0"]),
 ])
 def test_bad_values_name_key_and_choices(item, words):
     with pytest.raises(ConfigError) as exc:

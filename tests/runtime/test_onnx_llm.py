@@ -120,3 +120,22 @@ def test_end_string_memos_stay_bounded(pair):
         first = out if first is None else first
         assert out == first  # end strings never produced: the same answer each time
     assert 0 < len(torch_llm._end_split) <= MEMO_SIZE
+
+
+def test_a_graph_of_the_older_layout_is_refused_by_name(pair, tmp_path, tiny_tokenizer):
+    """An engine directory whose llm.onnx takes the whole cache as two tensors is refused with 'rebuild'."""
+    import shutil
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    torch_llm, _, _, out = pair
+    names = ("inputs_embeds", "past_keys", "past_values", "attention_mask", "position_ids")
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["inputs_embeds"], ["logits"])], "old",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "llm.onnx"))
+    shutil.copy(out / LLM_EMBEDDINGS, tmp_path / LLM_EMBEDDINGS)
+    with pytest.raises(CheckpointError, match=r"inputs \['inputs_embeds', 'past_keys'.*rebuild the engine directory"):
+        OnnxLanguageModel(tmp_path, torch_llm.model.config, tiny_tokenizer, 5)

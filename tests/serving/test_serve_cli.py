@@ -54,6 +54,8 @@ def test_openai_keys_are_checked_before_starting(engine_dir, monkeypatch):
     monkeypatch.delenv("VIDEONEVA_NO_SUCH_KEY", raising=False)
     with pytest.raises(ConfigError, match="api_key_env=VIDEONEVA_NO_SUCH_KEY"):
         load_config(ServeConfig, [f"engine_dir={engine_dir}", "api_key_env=VIDEONEVA_NO_SUCH_KEY"])
+    with pytest.raises(ConfigError, match="prefix_cache_bytes"):
+        load_config(ServeConfig, [f"engine_dir={engine_dir}", "prefix_cache_bytes=-1"])
     cfg = load_config(ServeConfig, [f"engine_dir={engine_dir}", "openai_allowed_hosts=[media.example,cdn:8080]"])
     assert cfg.openai_allowed_hosts == ["media.example", "cdn:8080"] and cfg.openai_port == -1
 

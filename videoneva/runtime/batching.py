@@ -261,8 +261,7 @@ class BatchingLanguageModel:
         hit = self.prefixes.get(key)
         if hit is None:
             _, single = self.lm._prefill(embeds[:, :n])
-            keys, values = single.prefix(n)
-            self.prefixes.put(key, torch.stack([keys, values]))
+            self.prefixes.put(key, single.prefix(n))
         else:
             self.stats.prefix_hits += 1
             kv = hit[0]

@@ -238,8 +238,8 @@ class KVBatch:
         mask[:, columns:] = True
         return mask
 
-    def prefix(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One row's first n columns, copied out: keys and values stacked [layers, kv_heads, n, head_dim]."""
+    def prefix(self, n: int) -> torch.Tensor:
+        """The first row's first n own columns, copied out: [2 (keys, values), layers, kv_heads, n, head_dim]."""
         start = self.length - int(self.valid[0].sum())
-        return (torch.stack([k[0, :, start:start + n] for k in self.keys]),
-                torch.stack([v[0, :, start:start + n] for v in self.values]))
+        return torch.stack([buf[0, :, start:start + n] for buf in (*self.keys, *self.values)]).unflatten(
+            0, (2, len(self.keys)))
